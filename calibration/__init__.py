@@ -1,0 +1,1 @@
+"""Device-model calibration from measured pulse-response curves (``hil.calibration``)."""

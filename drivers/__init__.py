@@ -1,0 +1,1 @@
+"""Instrument and test-chip drivers, each a CrossbarBackend (``hil.drivers``)."""

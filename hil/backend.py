@@ -1,0 +1,327 @@
+"""The one interface every analog array implements: :class:`CrossbarBackend`.
+
+A backend is one physical (or simulated) array of ``rows x cols`` analog
+weights, expressed in **normalized weight units** (the backend maps weights to
+conductances: a differential pair ``G+ - G-`` or one device against a
+reference column).  Shapes follow ``torch.nn.Linear``: the array holds ``W``
+with shape ``[rows, cols]``, an input batch ``x`` is ``[batch, cols]`` and the
+output ``y = x W^T`` is ``[batch, rows]``.
+
+Subclasses implement the underscore methods (``_forward``, ``_backward``,
+``_update``, ``_pulse``, ``_info``); the public methods validate every input
+(shape, dtype, device, NaN/inf) and count every call, so that all backends
+refuse bad input the same way and report their hardware cost the same way.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+
+from hil.config import HilModel
+from hil.validation import check_matrix, check_scalar, check_vectors
+
+BackendKind = Literal["simulated", "serial", "bench", "emulated", "other"]
+
+
+class BackendInfo(HilModel):
+    """What a backend is and what it can do.  Controllers adapt to it; logs record it."""
+
+    name: str = Field(description="backend class or product name")
+    kind: BackendKind = "other"
+    rows: int = Field(gt=0, description="output lines (W has shape [rows, cols])")
+    cols: int = Field(gt=0, description="input lines")
+    w_min: float = Field(description="lowest weight the array holds, normalized units")
+    w_max: float = Field(description="highest weight the array holds, normalized units")
+    dw_min: float = Field(gt=0, description="nominal weight change of one pulse, normalized units")
+    parallel_update: bool = Field(
+        True, description="update() is one array-parallel stochastic pulse operation"
+    )
+    transposed_read: bool = Field(
+        True, description="backward() is a physical transposed read (else emulated)"
+    )
+    max_pulses_per_call: int | None = Field(
+        None, description="largest |count| pulse() accepts per device and call (None: no limit)"
+    )
+    hardware_id: str = Field("", description="serial number, firmware, resource or model name")
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class ProgramReport(HilModel):
+    """Result of a closed-loop write-verify (:meth:`CrossbarBackend.program`)."""
+
+    converged: bool = Field(description="every device within tol of its target")
+    iterations: int = Field(description="read-pulse rounds used")
+    tol: float = Field(description="requested tolerance, normalized units")
+    max_error: float = Field(description="max |target - read| after the last round")
+    rms_error: float = Field(description="rms of target - read after the last round")
+    converged_fraction: float = Field(description="fraction of devices within tol")
+    unconverged_devices: int = Field(description="devices still outside tol")
+    pulses_spent: int = Field(description="total number of single pulses applied")
+    reads: int = Field(description="full-array reads used")
+
+
+@dataclass
+class OperationCounts:
+    """Calls made to a backend, by operation, so the hardware cost of an algorithm is known."""
+
+    forward_calls: int = 0
+    forward_vectors: int = 0
+    backward_calls: int = 0
+    backward_vectors: int = 0
+    update_calls: int = 0
+    update_vectors: int = 0
+    pulse_calls: int = 0
+    pulses_requested: int = 0
+    read_calls: int = 0
+    program_calls: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    def reset(self) -> None:
+        for k in self.as_dict():
+            setattr(self, k, 0)
+
+
+class CrossbarBackend(abc.ABC):
+    """Abstract analog crossbar array in normalized weight units.
+
+    Operations (all tensors live on :attr:`device`, dtype float unless stated):
+
+    - ``forward(x)``: ``y = x W^T`` (+ read noise, DAC/ADC quantization, saturation);
+      x ``[batch, cols]`` or ``[cols]`` -> y ``[batch, rows]`` or ``[rows]``.
+    - ``backward(d)``: transposed read ``z = d W``; d ``[batch, rows]`` -> z ``[batch, cols]``.
+    - ``update(x, d, lr)``: parallel rank-one update by coincident stochastic pulse
+      trains; its expected weight change is ``-lr * sum_b outer(d_b, x_b)`` on an
+      ideal constant-step device.
+    - ``pulse(counts)``: signed integer pulse counts ``[rows, cols]`` applied as single
+      pulses (+: potentiation, weight up; -: depression).
+    - ``read(n_reads=1)``: estimate of all weights ``[rows, cols]`` by column reads
+      (forward with one-hot inputs), averaged over ``n_reads`` full reads.
+    - ``program(target, tol, max_iter)``: closed-loop write-verify, returns a
+      :class:`ProgramReport`.
+    - ``info``: a :class:`BackendInfo`; ``close()`` (also via ``with``).
+    """
+
+    def __init__(self, rows: int, cols: int, device: str | torch.device = "cpu") -> None:
+        if int(rows) <= 0 or int(cols) <= 0:
+            raise ValueError(f"array shape must be positive, got rows={rows}, cols={cols}")
+        self.rows = int(rows)
+        self.cols = int(cols)
+        self.device = torch.device(device)
+        self.counts = OperationCounts()
+        self._closed = False
+
+    # ------------------------------------------------------------------ info
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.rows, self.cols)
+
+    @property
+    def info(self) -> BackendInfo:
+        return self._info()
+
+    @abc.abstractmethod
+    def _info(self) -> BackendInfo: ...
+
+    # -------------------------------------------------------------- contract
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``y = x W^T``: x ``[batch, cols]`` or ``[cols]``, y ``[batch, rows]`` or ``[rows]``."""
+        self._check_open()
+        x2, squeeze = check_vectors(
+            x, "x", self.cols, device=self.device, where=f"{type(self).__name__}.forward"
+        )
+        self.counts.forward_calls += 1
+        self.counts.forward_vectors += x2.shape[0]
+        y = self._forward(x2)
+        return y.squeeze(0) if squeeze else y
+
+    def backward(self, d: torch.Tensor) -> torch.Tensor:
+        """Transposed read ``z = d W``: d ``[batch, rows]`` or ``[rows]`` -> z ``[batch, cols]``."""
+        self._check_open()
+        d2, squeeze = check_vectors(
+            d, "d", self.rows, device=self.device, where=f"{type(self).__name__}.backward"
+        )
+        self.counts.backward_calls += 1
+        self.counts.backward_vectors += d2.shape[0]
+        z = self._backward(d2)
+        return z.squeeze(0) if squeeze else z
+
+    def update(self, x: torch.Tensor, d: torch.Tensor, lr: float) -> None:
+        """Pulsed rank-one update, ``E[dW] = -lr * sum_b outer(d_b, x_b)`` (ideal device).
+
+        x: ``[batch, cols]`` (or ``[cols]``), d: ``[batch, rows]`` (or ``[rows]``),
+        lr: learning rate in normalized weight units per unit ``|x||d|``.
+        """
+        self._check_open()
+        where = f"{type(self).__name__}.update"
+        x2, _ = check_vectors(x, "x", self.cols, device=self.device, where=where)
+        d2, _ = check_vectors(d, "d", self.rows, device=self.device, where=where)
+        if x2.shape[0] != d2.shape[0]:
+            raise ValueError(
+                f"{where}: x and d must have the same batch size, got {x2.shape[0]} and {d2.shape[0]}"
+            )
+        lr = check_scalar(lr, "lr", where=where)
+        self.counts.update_calls += 1
+        self.counts.update_vectors += x2.shape[0]
+        if lr == 0.0:
+            return
+        self._update(x2, d2, lr)
+
+    def pulse(self, counts: torch.Tensor) -> None:
+        """Apply signed integer pulse counts ``[rows, cols]`` (+ potentiate, - depress)."""
+        self._check_open()
+        where = f"{type(self).__name__}.pulse"
+        counts = check_matrix(
+            counts, "counts", self.shape, device=self.device, where=where, integer=True
+        )
+        limit = self.info.max_pulses_per_call
+        if limit is not None and counts.numel():
+            peak = int(counts.abs().max())
+            if peak > limit:
+                raise ValueError(
+                    f"{where}: |counts| up to {peak} requested, this backend accepts at most "
+                    f"{limit} pulses per device and call"
+                )
+        self.counts.pulse_calls += 1
+        self.counts.pulses_requested += int(counts.abs().sum())
+        self._pulse(counts)
+
+    def read(self, n_reads: int = 1) -> torch.Tensor:
+        """All weights ``[rows, cols]``, averaged over ``n_reads`` noisy full-array reads."""
+        self._check_open()
+        if int(n_reads) < 1:
+            raise ValueError(f"{type(self).__name__}.read: n_reads must be >= 1, got {n_reads}")
+        self.counts.read_calls += 1
+        acc = self._read()
+        for _ in range(int(n_reads) - 1):
+            acc = acc + self._read()
+        return acc / int(n_reads)
+
+    def program(
+        self,
+        target: torch.Tensor,
+        tol: float = 0.02,
+        max_iter: int = 50,
+        *,
+        n_reads: int = 1,
+        max_pulses_per_iter: int = 32,
+    ) -> ProgramReport:
+        """Closed-loop write-verify of ``target`` ``[rows, cols]`` (normalized units).
+
+        Each round reads the array (``n_reads`` averaged reads), and gives every
+        device outside ``tol`` a signed pulse count estimated from its error and
+        its own measured step size (learned from the previous round).  Devices
+        inside ``tol`` are left alone.  Stops when all are inside ``tol`` or after
+        ``max_iter`` rounds, and reports honestly how many did not make it
+        (stuck or too noisy devices).
+        """
+        self._check_open()
+        where = f"{type(self).__name__}.program"
+        target = check_matrix(target, "target", self.shape, device=self.device, where=where)
+        tol = check_scalar(tol, "tol", where=where, positive=True)
+        if int(max_iter) < 0:
+            raise ValueError(f"{where}: max_iter must be >= 0, got {max_iter}")
+        self.counts.program_calls += 1
+        info = self.info
+        limit = info.max_pulses_per_call
+        cap = int(max_pulses_per_iter) if limit is None else min(int(max_pulses_per_iter), limit)
+        target = target.to(torch.float32)
+        step = torch.full(self.shape, info.dw_min, device=self.device)
+        pulses = 0
+        reads = 0
+        w = self.read(n_reads)
+        reads += n_reads
+        iterations = 0
+        for _ in range(int(max_iter)):
+            err = target - w
+            todo = err.abs() > tol
+            if not bool(todo.any()):
+                break
+            iterations += 1
+            n = torch.round(err / step).clamp(-cap, cap)
+            n = torch.where(todo & (n == 0), torch.sign(err), n)
+            n = torch.where(todo, n, torch.zeros_like(n)).to(torch.int64)
+            self.pulse(n)
+            pulses += int(n.abs().sum())
+            w_new = self.read(n_reads)
+            reads += n_reads
+            moved = n != 0
+            # per-device step estimate from what the pulses actually did: only where the
+            # pulses moved the weight the intended way by more than read noise would
+            nf = torch.where(moved, n, torch.ones_like(n)).to(w.dtype)
+            measured = (w_new - w) / nf
+            ok = moved & (measured > 0.2 * info.dw_min) & (n.abs() >= 2)
+            step = torch.where(ok, 0.5 * step + 0.5 * measured.clamp(max=10 * info.dw_min), step)
+            w = w_new
+        err = target - w
+        inside = err.abs() <= tol
+        return ProgramReport(
+            converged=bool(inside.all()),
+            iterations=iterations,
+            tol=tol,
+            max_error=float(err.abs().max()),
+            rms_error=float(err.pow(2).mean().sqrt()),
+            converged_fraction=float(inside.float().mean()),
+            unconverged_devices=int((~inside).sum()),
+            pulses_spent=pulses,
+            reads=reads,
+        )
+
+    # ------------------------------------------------------------- lifecycle
+    def close(self) -> None:
+        """Release the hardware (drivers put it in a safe state first).  Idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._close()
+
+    def _close(self) -> None:  # noqa: B027 - optional hook
+        """Subclass hook for :meth:`close`."""
+
+    def __enter__(self) -> CrossbarBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"{type(self).__name__} is closed")
+
+    # ----------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any] | None:
+        """The array state needed to resume, or ``None`` when the hardware keeps its own."""
+        return None
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`.  Hardware backends ignore it (their state is physical)."""
+
+    # ------------------------------------------------- subclass primitives
+    @abc.abstractmethod
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x ``[batch, cols]`` (validated) -> y ``[batch, rows]``."""
+
+    @abc.abstractmethod
+    def _backward(self, d: torch.Tensor) -> torch.Tensor:
+        """d ``[batch, rows]`` (validated) -> z ``[batch, cols]``."""
+
+    @abc.abstractmethod
+    def _update(self, x: torch.Tensor, d: torch.Tensor, lr: float) -> None:
+        """Pulsed outer-product update with validated 2-D inputs."""
+
+    @abc.abstractmethod
+    def _pulse(self, counts: torch.Tensor) -> None:
+        """Apply validated integer pulse counts ``[rows, cols]``."""
+
+    def _read(self) -> torch.Tensor:
+        """One full-array read ``[rows, cols]``; default: forward of the identity, column by column."""
+        eye = torch.eye(self.cols, device=self.device)
+        return self._forward(eye).T.contiguous()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(rows={self.rows}, cols={self.cols}, device={self.device})"

@@ -1,0 +1,37 @@
+"""``hil info``: versions, torch device, available backends and device models."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="print as JSON")
+def info(as_json: bool) -> None:
+    """Show versions, torch device, backend schemes and device presets."""
+    import torch
+
+    import hil
+    from hil.backends import known_schemes
+    from hil.simulated.presets import get_preset, list_presets
+
+    data = {
+        "crossbar_hil": hil.__version__,
+        "torch": torch.__version__,
+        "torch_device": "cuda" if torch.cuda.is_available() else "cpu",
+        "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "backend_schemes": known_schemes(),
+        "device_presets": {n: get_preset(n).description for n in list_presets()},
+    }
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(f"crossbar-hil {data['crossbar_hil']}  (torch {data['torch']}, device {data['torch_device']})")
+    if data["cuda_devices"]:
+        click.echo("CUDA: " + ", ".join(data["cuda_devices"]))
+    click.echo("backends: " + ", ".join(f"{s}:" for s in data["backend_schemes"]))
+    click.echo("device presets:")
+    for name, desc in data["device_presets"].items():
+        click.echo(f"  {name:<20} {desc}")

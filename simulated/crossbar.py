@@ -1,0 +1,218 @@
+"""``SimulatedCrossbar``: a torch-vectorized resistive crossbar that implements the contract."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import Field
+
+from hil.backend import BackendInfo, CrossbarBackend
+from hil.config import VersionedFile
+from hil.device_model import DeviceModel
+from hil.simulated.devices import DeviceArray, nominal_dw
+from hil.simulated.periphery import PeripheryConfig, analog_mvm
+from hil.simulated.pulse_trains import UpdateConfig, coincidence_counts
+
+
+class SimulatedCrossbarConfig(VersionedFile):
+    """Everything that defines a simulated array (shape, device model, periphery, update, seed)."""
+
+    SCHEMA_VERSION = "1.0"
+    rows: int = Field(gt=0)
+    cols: int = Field(gt=0)
+    device: DeviceModel
+    periphery: PeripheryConfig = Field(default_factory=PeripheryConfig)
+    update: UpdateConfig = Field(default_factory=UpdateConfig)
+    seed: int = 0
+    initial_weight: float | None = Field(
+        0.0, description="weight every device starts at (None: its symmetry point)"
+    )
+
+
+class SimulatedCrossbar(CrossbarBackend):
+    """A simulated ``rows x cols`` array of resistive devices in normalized weight units.
+
+    Parameters
+    ----------
+    rows, cols:
+        Array shape: ``W`` is ``[rows, cols]``.
+    device:
+        A :class:`~hil.device_model.DeviceModel`, a preset name (see
+        :func:`hil.simulated.presets.list_presets`) or a path to a device-model JSON file.
+    periphery:
+        DAC/ADC/noise settings (default: aihwkit's default IO; ``PeripheryConfig.ideal()``
+        for an exact MVM).  If ``None`` and the device model has a ``read_noise``,
+        that read noise is used as additive weight read noise.
+    update:
+        Stochastic pulse-train settings of :meth:`update` (bit length, update management).
+    seed:
+        Seeds this backend's own ``torch.Generator``: two backends built with one seed on
+        one torch device behave bit-identically.
+    torch_device:
+        ``"cpu"`` or ``"cuda"``: one code path for both.
+    """
+
+    def __init__(
+        self,
+        rows: int,
+        cols: int,
+        device: DeviceModel | str | Path = "softbounds-20",
+        periphery: PeripheryConfig | None = None,
+        update: UpdateConfig | None = None,
+        seed: int = 0,
+        torch_device: str | torch.device = "cpu",
+        initial_weight: float | None = 0.0,
+    ) -> None:
+        super().__init__(rows, cols, torch_device)
+        model = resolve_device_model(device)
+        if periphery is None:
+            periphery = PeripheryConfig()
+            if model.read_noise > 0:
+                periphery = periphery.model_copy(update={"w_noise": model.read_noise})
+        self.config = SimulatedCrossbarConfig(
+            rows=self.rows,
+            cols=self.cols,
+            device=model,
+            periphery=periphery,
+            update=update or UpdateConfig(),
+            seed=int(seed),
+            initial_weight=initial_weight,
+        )
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(int(seed))
+        self.devices = DeviceArray(model, self.rows, self.cols, self.generator, self.device)
+        self.dw_nominal = nominal_dw(model)
+        if initial_weight is None:
+            w = self.devices.symmetry_point()
+        else:
+            w = torch.full(self.shape, float(initial_weight), device=self.device)
+        self.weights = self.devices.clamp(w)
+
+    @classmethod
+    def from_config(cls, cfg: SimulatedCrossbarConfig, torch_device: str = "cpu") -> SimulatedCrossbar:
+        return cls(
+            cfg.rows,
+            cfg.cols,
+            device=cfg.device,
+            periphery=cfg.periphery,
+            update=cfg.update,
+            seed=cfg.seed,
+            torch_device=torch_device,
+            initial_weight=cfg.initial_weight,
+        )
+
+    # ------------------------------------------------------------- contract
+    def _info(self) -> BackendInfo:
+        step = self.config.device.step
+        return BackendInfo(
+            name="SimulatedCrossbar",
+            kind="simulated",
+            rows=self.rows,
+            cols=self.cols,
+            w_min=float(step.w_min),
+            w_max=float(step.w_max),
+            dw_min=self.dw_nominal,
+            parallel_update=True,
+            transposed_read=True,
+            max_pulses_per_call=None,
+            hardware_id=f"simulated:{self.config.device.name}",
+            details={
+                "device_model": self.config.device.step.model,
+                "torch_device": str(self.device),
+                "bl": self.config.update.bl,
+                "seed": self.config.seed,
+            },
+        )
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        return analog_mvm(x.to(self.weights.dtype), self.weights, self.config.periphery, self.generator)
+
+    def _backward(self, d: torch.Tensor) -> torch.Tensor:
+        return analog_mvm(d.to(self.weights.dtype), self.weights.T, self.config.periphery, self.generator)
+
+    def _update(self, x: torch.Tensor, d: torch.Tensor, lr: float) -> None:
+        n_up, n_down = coincidence_counts(
+            x.to(self.weights.dtype),
+            d.to(self.weights.dtype),
+            lr,
+            self.dw_nominal,
+            self.config.update,
+            self.generator,
+        )
+        self.weights = self.devices.apply(
+            self.weights, n_up, n_down, self.generator, self.config.update.max_chunks
+        )
+
+    def _pulse(self, counts: torch.Tensor) -> None:
+        c = counts.to(self.weights.dtype)
+        self.weights = self.devices.apply(
+            self.weights, c.clamp(min=0), (-c).clamp(min=0), self.generator, self.config.update.max_chunks
+        )
+
+    def _read(self) -> torch.Tensor:
+        # One-hot column reads through the full periphery, all columns in one batched MVM.
+        eye = torch.eye(self.cols, device=self.device, dtype=self.weights.dtype)
+        return self._forward(eye).T.contiguous()
+
+    # --------------------------------------------------------- simulation-only
+    def true_weights(self) -> torch.Tensor:
+        """The exact simulated weights ``[rows, cols]`` (no read noise; not available on hardware)."""
+        return self.weights.clone()
+
+    def set_weights(self, w: torch.Tensor) -> None:
+        """Set the weights directly (clamped to each device's bounds; stuck devices stay stuck)."""
+        if tuple(w.shape) != self.shape:
+            raise ValueError(f"set_weights: expected shape {list(self.shape)}, got {list(w.shape)}")
+        if not bool(torch.isfinite(w).all()):
+            raise ValueError("set_weights: weights contain NaN/inf")
+        self.weights = self.devices.clamp(w.to(self.device, self.weights.dtype))
+
+    def symmetry_point(self) -> torch.Tensor:
+        """Per-device symmetry point ``[rows, cols]`` (where mean up and down steps cancel)."""
+        return self.devices.symmetry_point()
+
+    def n_states(self) -> torch.Tensor:
+        """Per-device number of states ``[rows, cols]`` (weight range / step at the symmetry point)."""
+        return self.devices.n_states()
+
+    # ----------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config.model_dump(mode="json"),
+            "weights": self.weights.clone().cpu(),
+            "devices": {k: v.cpu() for k, v in self.devices.state_dict().items()},
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        cfg = SimulatedCrossbarConfig.model_validate(state["config"])
+        if (cfg.rows, cfg.cols) != self.shape:
+            raise ValueError(
+                f"checkpoint is for a {cfg.rows}x{cfg.cols} array, this one is {self.rows}x{self.cols}"
+            )
+        self.config = cfg
+        self.devices.load_state_dict(state["devices"])
+        self.weights = state["weights"].to(self.device, self.weights.dtype)
+        self.generator.set_state(state["generator"])
+
+
+def resolve_device_model(device: DeviceModel | str | Path) -> DeviceModel:
+    """A device model from an object, a preset name or a JSON file path."""
+    if isinstance(device, DeviceModel):
+        return device
+    from hil.simulated.presets import get_preset, list_presets
+
+    text = str(device)
+    if text in list_presets():
+        return get_preset(text)
+    path = Path(text)
+    if path.suffix.lower() == ".json" or path.exists():
+        if not path.exists():
+            raise ValueError(f"device model file {path} does not exist")
+        return DeviceModel.load(path)
+    raise ValueError(
+        f"unknown device {text!r}: not a preset ({', '.join(list_presets())}) and not a JSON file"
+    )
+
