@@ -23,7 +23,7 @@ import torch
 from pydantic import Field
 
 from hil.config import HilModel
-from hil.validation import check_matrix, check_scalar, check_vectors
+from hil.checks import check_matrix, check_scalar, check_vectors
 
 BackendKind = Literal["simulated", "serial", "bench", "emulated", "other"]
 

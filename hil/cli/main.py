@@ -14,6 +14,13 @@ import click
 # name -> "module:attribute"
 COMMANDS: dict[str, str] = {
     "info": "hil.cli.info:info",
+    "demo": "hil.cli.demo:demo",
+    "calibrate": "hil.cli.calibrate:calibrate",
+    "characterize": "hil.cli.characterize:characterize",
+    "validate": "hil.cli.validate:validate",
+    "loop": "hil.cli.loop:loop",
+    "emulator": "hil.cli.emulator:emulator",
+    "robust": "hil.cli.robust:robust",
 }
 
 

@@ -1,0 +1,1 @@
+"""Importers of measurement formats into the pulse-response CSV schema (plug-ins)."""

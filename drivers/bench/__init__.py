@@ -1,0 +1,1 @@
+"""Bench instruments over pyvisa (SMU, pulse source, switch matrix) as a CrossbarBackend."""

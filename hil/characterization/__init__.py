@@ -1,0 +1,1 @@
+"""Characterization protocols run on any backend (pulse-response, replay of a measurement)."""

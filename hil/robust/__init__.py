@@ -1,0 +1,1 @@
+"""Robust inference under device variation: Lipschitz regularization, RL-placed error compensation."""

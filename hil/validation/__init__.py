@@ -1,0 +1,1 @@
+"""Simulator-to-silicon validation: statistical comparison of two measurement files."""
