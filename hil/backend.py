@@ -22,8 +22,8 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from hil.config import HilModel
 from hil.checks import check_matrix, check_scalar, check_vectors
+from hil.config import HilModel
 
 BackendKind = Literal["simulated", "serial", "bench", "emulated", "other"]
 
@@ -298,7 +298,7 @@ class CrossbarBackend(abc.ABC):
         """The array state needed to resume, or ``None`` when the hardware keeps its own."""
         return None
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook
         """Restore :meth:`state_dict`.  Hardware backends ignore it (their state is physical)."""
 
     # ------------------------------------------------- subclass primitives

@@ -25,6 +25,8 @@ BackendFactory = Callable[..., CrossbarBackend]
 
 _SCHEMES: dict[str, str] = {
     "sim": "hil.simulated.factory:open_simulated",
+    "serial": "hil.drivers.chip.factory:open_serial",
+    "bench": "hil.drivers.bench.factory:open_bench",
 }
 
 

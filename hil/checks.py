@@ -11,6 +11,15 @@ import math
 import torch
 
 
+def _all_finite(t: torch.Tensor) -> bool:
+    """No NaN/inf in ``t``.  Fast path: a finite sum proves it (a NaN or inf makes the sum
+    non-finite); only a non-finite sum (a NaN/inf, or an overflow of huge values) is
+    checked element by element."""
+    if t.numel() == 0 or math.isfinite(float(t.sum())):
+        return True
+    return bool(torch.isfinite(t).all())
+
+
 def check_vectors(
     t: object,
     name: str,
@@ -36,7 +45,7 @@ def check_vectors(
         raise ValueError(
             f"{where}: {name} must have shape [batch, {length}] or [{length}], got {list(t.shape)}"
         )
-    if t.numel() and not bool(torch.isfinite(t).all()):
+    if not _all_finite(t):
         bad = int((~torch.isfinite(t)).sum())
         raise ValueError(f"{where}: {name} contains {bad} NaN/inf value(s)")
     squeeze = t.dim() == 1
@@ -64,7 +73,7 @@ def check_matrix(
         raise ValueError(f"{where}: {name} is on {t.device}, the backend is on {device}")
     if tuple(t.shape) != tuple(shape):
         raise ValueError(f"{where}: {name} must have shape {list(shape)}, got {list(t.shape)}")
-    if not integer and t.numel() and not bool(torch.isfinite(t).all()):
+    if not integer and not _all_finite(t):
         bad = int((~torch.isfinite(t)).sum())
         raise ValueError(f"{where}: {name} contains {bad} NaN/inf value(s)")
     return t

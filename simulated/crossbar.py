@@ -6,14 +6,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hil.simulated.devices import DeviceArray, nominal_dw
+from hil.simulated.periphery import PeripheryConfig, analog_mvm
+from hil.simulated.pulse_trains import UpdateConfig, coincidence_counts
 from pydantic import Field
 
 from hil.backend import BackendInfo, CrossbarBackend
 from hil.config import VersionedFile
 from hil.device_model import DeviceModel
-from hil.simulated.devices import DeviceArray, nominal_dw
-from hil.simulated.periphery import PeripheryConfig, analog_mvm
-from hil.simulated.pulse_trains import UpdateConfig, coincidence_counts
 
 
 class SimulatedCrossbarConfig(VersionedFile):
@@ -192,6 +192,12 @@ class SimulatedCrossbar(CrossbarBackend):
             raise ValueError(
                 f"checkpoint is for a {cfg.rows}x{cfg.cols} array, this one is {self.rows}x{self.cols}"
             )
+        if cfg.device != self.config.device:
+            # another device model: rebuild the parameter tensors' layout (their values,
+            # the stuck mask and the weights all come from the checkpoint below)
+            scratch = torch.Generator(device=self.device)
+            self.devices = DeviceArray(cfg.device, self.rows, self.cols, scratch, self.device)
+            self.dw_nominal = nominal_dw(cfg.device)
         self.config = cfg
         self.devices.load_state_dict(state["devices"])
         self.weights = state["weights"].to(self.device, self.weights.dtype)

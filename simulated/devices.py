@@ -9,9 +9,11 @@ in at most ``max_chunks`` vectorized sub-steps:
 - ``constant``: exact in one step.
 - ``linear`` / ``softbounds``: the mean response to ``n`` pulses is the exact
   geometric closed form of the affine step, per chunk (ups, then downs).
-- ``pow`` / ``exp`` / ``table``: a second-order (midpoint) integration of the
-  pulse-response curve per chunk; a call with at most ``max_chunks`` pulses per
-  device is applied pulse by pulse, exactly.
+- ``pow`` / ``exp`` / ``table``: a second-order scheme per chunk of ``h`` pulses
+  (the step evaluated at ``w + (h - 1) / 2 * f(w)``, which matches the
+  pulse-by-pulse map to second order in the step); a chunk of one pulse is
+  exact, so a call in which every device gets pulses of one sign only, at most
+  ``max_chunks`` of them, is applied pulse by pulse, exactly.
 
 Up and down pulses are split evenly over the chunks, so a device that receives
 both in one call (mixed-sign samples of a mini-batch) sees them interleaved and
@@ -80,6 +82,7 @@ class DeviceArray:
             self.up_std = torch.tensor(step.up_std, device=device, dtype=dtype)
             self.down_std = torch.tensor(step.down_std, device=device, dtype=dtype)
         self.c2c = float(var.c2c)
+        self._cache: dict[str, tuple[tuple[tuple[int, int], ...], object]] = {}
         # stuck devices
         n_stuck = int(round(var.stuck_fraction * rows * cols))
         self.stuck = torch.zeros(self.shape, dtype=torch.bool, device=device)
@@ -151,9 +154,42 @@ class DeviceArray:
         return std
 
     # --------------------------------------------------------- application
+    def _cached(self, name: str, deps: tuple[torch.Tensor, ...], fn):  # noqa: ANN001, ANN202
+        """``fn()`` recomputed only when a tensor in ``deps`` was replaced or changed in place."""
+        key = tuple((id(t), t._version) for t in deps)
+        hit = self._cache.get(name)
+        if hit is None or hit[0] != key:
+            hit = (key, fn())
+            self._cache[name] = hit
+        return hit[1]
+
+    def _any_stuck(self) -> bool:
+        return self._cached("any_stuck", (self.stuck,), lambda: bool(self.stuck.any()))
+
     def clamp(self, w: torch.Tensor) -> torch.Tensor:
-        w = torch.maximum(torch.minimum(w, self.params["w_max"]), self.params["w_min"])
-        return torch.where(self.stuck, self.stuck_value, w)
+        """``w`` clamped to every device's ``[w_min, w_max]``; stuck devices at their stuck value."""
+        w = torch.clamp(w, min=self.params["w_min"], max=self.params["w_max"])
+        if self._any_stuck():
+            w = torch.where(self.stuck, self.stuck_value, w)
+        return w
+
+    def _apply_constant(
+        self, w: torch.Tensor, n_up: torch.Tensor, n_down: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
+        """Constant step, exact: ``w + n_up dw_up - n_down dw_down`` + summed write noise, clamped."""
+        up, down = self.params["dw_up"], self.params["dw_down"]
+        w = torch.addcmul(w, n_up, up).addcmul_(n_down, down, value=-1.0)
+        if self.c2c > 0:
+            c2 = self.c2c * self.c2c
+            var_up = self._cached("var_up", (up,), lambda: up * up * c2)
+            var_dn = self._cached("var_dn", (down,), lambda: down * down * c2)
+            # + tiny: sqrt of exact zeros takes a slow path on some CPUs (4-7x slower); a
+            # device without pulses then gets noise of sd 1e-19, below float32 resolution
+            tiny = torch.finfo(w.dtype).tiny
+            sd = torch.mul(n_up, var_up).addcmul_(n_down, var_dn).add_(tiny).sqrt_()
+            xi = torch.randn(w.shape, generator=generator, device=w.device, dtype=w.dtype)
+            w.addcmul_(sd, xi)
+        return self.clamp(w)
 
     def _affine_n(self, w: torch.Tensor, n: torch.Tensor, up: bool) -> torch.Tensor:
         """Exact mean response of ``n`` pulses for affine steps ``delta = a - c w``."""
@@ -169,6 +205,10 @@ class DeviceArray:
         c_safe = torch.where(c.abs() > 1e-12, c, torch.ones_like(c))
         fixed = a / c_safe
         decayed = fixed + (w - fixed) * torch.pow((1.0 - c).clamp(min=0.0), n)
+        # the step is clamped at zero beyond the fixed point (gamma > 1): a device already
+        # past it does not move (the affine form would pull it back)
+        inside = (w < fixed) if up else (w > fixed)
+        decayed = torch.where(inside, decayed, w)
         linear = w + n * a
         return torch.where(c.abs() > 1e-12, decayed, linear)
 
@@ -181,6 +221,8 @@ class DeviceArray:
         max_chunks: int = 8,
     ) -> torch.Tensor:
         """New weights after ``n_up`` up and ``n_down`` down pulses per device (float counts >= 0)."""
+        if self.kind == "constant":
+            return self._apply_constant(w, n_up, n_down, generator)
         total = n_up + n_down
         peak = float(total.max()) if total.numel() else 0.0
         if peak <= 0:
@@ -192,23 +234,28 @@ class DeviceArray:
             var = n_up * s_up * s_up + n_down * s_dn * s_dn
         else:
             var = None
-        if self.kind == "constant":
-            w = w + n_up * self.delta_up(w) + n_down * self.delta_down(w)
-        else:
-            chunks = int(min(max(1.0, peak), max_chunks))
-            for k in range(chunks):
+        chunks = int(min(max(1.0, peak), max_chunks))
+        for k in range(chunks):
+            if chunks == 1:
+                u_k, d_k = n_up, n_down
+            else:
                 u_k = torch.floor(n_up * (k + 1) / chunks) - torch.floor(n_up * k / chunks)
                 d_k = torch.floor(n_down * (k + 1) / chunks) - torch.floor(n_down * k / chunks)
-                if self.kind in ("linear", "softbounds"):
-                    w = self.clamp(self._affine_n(w, u_k, True))
-                    w = self.clamp(self._affine_n(w, d_k, False))
-                else:
-                    half = w + 0.5 * (u_k * self.delta_up(w) + d_k * self.delta_down(w))
-                    half = self.clamp(half)
-                    w = self.clamp(w + u_k * self.delta_up(half) + d_k * self.delta_down(half))
+            if self.kind in ("linear", "softbounds"):
+                w = self.clamp(self._affine_n(w, u_k, True))
+                w = self.clamp(self._affine_n(w, d_k, False))
+            else:
+                # Second-order scheme for the pulse-by-pulse map w <- w + f(w): h pulses
+                # change w by h f + h (h - 1) / 2 f f' + O(h^3), which the step at
+                # w + (h - 1) / 2 f reproduces; one pulse (h = 1) is applied exactly.
+                f_up = self.delta_up(w)
+                f_dn = self.delta_down(w)
+                half = w + 0.5 * ((u_k - 1.0).clamp(min=0.0) * f_up + (d_k - 1.0).clamp(min=0.0) * f_dn)
+                half = self.clamp(half)
+                w = self.clamp(w + u_k * self.delta_up(half) + d_k * self.delta_down(half))
         if var is not None:
             xi = torch.randn(w.shape, generator=generator, device=w.device, dtype=w.dtype)
-            w = w + torch.sqrt(var) * xi
+            w = w + var.add_(torch.finfo(w.dtype).tiny).sqrt_() * xi
         return self.clamp(w)
 
     # ----------------------------------------------------------- summaries
@@ -219,8 +266,10 @@ class DeviceArray:
         for _ in range(iters):
             mid = 0.5 * (lo + hi)
             net = self.delta_up(mid) + self.delta_down(mid)  # > 0 below the symmetry point
-            lo = torch.where(net > 0, mid, lo)
-            hi = torch.where(net > 0, hi, mid)
+            # net == 0 exactly (a symmetric constant-step device balances everywhere): the
+            # interval closes on mid, so such a device reports the middle of its range
+            lo = torch.where(net >= 0, mid, lo)
+            hi = torch.where(net <= 0, mid, hi)
         return 0.5 * (lo + hi)
 
     def step_at_symmetry(self) -> torch.Tensor:
