@@ -102,7 +102,7 @@ def demo(quick: bool, json_path: Path | None, preset: str, seed: int, threads: i
         run_extraction_demo = None
     if run_extraction_demo is not None:
         click.echo("== 5. model extraction: averaging TTv2 iterates, deployment onto a second array")
-        extraction = run_extraction_demo(quick=quick, seed=seed)
+        extraction = run_extraction_demo(quick=quick, seeds=(seed,))
         out["extraction"] = extraction
         for key in ("last_iterate_digital", "average_digital", "average_deployed"):
             if key in extraction:

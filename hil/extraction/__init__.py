@@ -1,1 +1,44 @@
-"""Model extraction: averaging of TTv2 iterates, export to digital, deployment onto another array."""
+"""Model extraction: averaging of TTv2 iterates, export to digital, deployment onto another array.
+
+- :class:`AveragingConfig`, :class:`ModelAverager`: digital or analog (array D) averages
+  of C's iterates, attached to a :class:`hil.training.TrainingController` by callbacks.
+- :func:`extract`: a plain digital ``nn.Module`` (last iterate or average) with
+  :class:`ExtractionInfo`; :func:`save_extracted` / :func:`load_extracted`.
+- :func:`read_precise`: repeated reads to a requested precision.
+- :func:`deploy`: write-verify onto fresh arrays, :class:`DeployReport`.
+- :func:`run_extraction_demo`: the four accuracies of examples/extract_and_deploy.py.
+"""
+
+from hil.extraction.averager import AnalogAccumulator, AveragingConfig, ModelAverager, zero_shift
+from hil.extraction.demo import KEYS, run_extraction_demo, run_extraction_seed, summarize
+from hil.extraction.deploy import DeployReport, LayerDeployment, deploy
+from hil.extraction.export import (
+    ExtractionInfo,
+    LayerExtraction,
+    PreciseRead,
+    extract,
+    load_extracted,
+    read_precise,
+    save_extracted,
+)
+
+__all__ = [
+    "KEYS",
+    "AnalogAccumulator",
+    "AveragingConfig",
+    "DeployReport",
+    "ExtractionInfo",
+    "LayerDeployment",
+    "LayerExtraction",
+    "ModelAverager",
+    "PreciseRead",
+    "deploy",
+    "extract",
+    "load_extracted",
+    "read_precise",
+    "run_extraction_demo",
+    "run_extraction_seed",
+    "save_extracted",
+    "summarize",
+    "zero_shift",
+]

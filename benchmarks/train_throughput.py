@@ -1,0 +1,205 @@
+"""TTv2 training throughput (samples per second): crossbar-hil, and aihwkit in the same run.
+
+Workloads (batch 10, soft-bounds device with 20 states, c2c 1.0, d2d 0.3, read noise 0.06):
+
+- ``digits-mlp``: the digits MLP 64-32-10 (sigmoid) on the digits training split (1347 samples);
+- ``mlp-784``: a 784-256-128-10 MLP (sigmoid) on random inputs in [0, 1) and random labels.
+
+Ours: :class:`hil.training.TrainingController` with the recommended TTv2 settings of
+:mod:`hil.training.digits` (BL 31) on :class:`~hil.simulated.SimulatedCrossbar`, on the
+CPU and, where present, on CUDA.  Zero-shifting before training is not timed.
+
+``--aihwkit-python PATH`` runs aihwkit's TTv2 preset
+(``build_config("ttv2", SoftBoundsDevice(...))``: ChoppedTransferCompound with
+in_chop_prob 0, its gradient update with BL 5) on the same network, data, batch size
+and device parameters in a subprocess of that interpreter, alternating with our runs,
+and prints the ratio (ours / aihwkit) of the median samples per second.
+
+Threads are pinned to 1 on both sides (``torch.set_num_threads(1)``), and said so.
+
+    python benchmarks/train_throughput.py [--aihwkit-python .aihwkit/bin/python]
+        [--repeats 3] [--samples 1000] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+THREADS = 1
+
+AIHWKIT_CHILD = r'''
+import json, sys, time
+import torch
+torch.set_num_threads(int(sys.argv[3]))
+from torch import nn
+import torch.nn.functional as F
+from aihwkit.nn import AnalogLinear, AnalogSequential
+from aihwkit.optim import AnalogSGD
+from aihwkit.simulator.configs import SoftBoundsDevice, build_config
+
+spec = json.loads(sys.argv[1])
+data = torch.load(sys.argv[2])
+device = SoftBoundsDevice(
+    dw_min=spec["dw"], w_max=1.0, w_min=-1.0, dw_min_std=spec["c2c"], dw_min_dtod=spec["d2d"],
+    w_max_dtod=spec["d2d"], w_min_dtod=spec["d2d"],
+)
+rpu = build_config("ttv2", device)
+rpu.forward.out_noise = spec["read_noise"]
+sizes = spec["sizes"]
+layers = []
+for i in range(len(sizes) - 1):
+    layers.append(AnalogLinear(sizes[i], sizes[i + 1], bias=True, rpu_config=rpu))
+    if i < len(sizes) - 2:
+        layers.append(nn.Sigmoid())
+model = AnalogSequential(*layers)
+if spec["cuda"]:
+    model = model.cuda()
+opt = AnalogSGD(model.parameters(), lr=spec["lr"])
+opt.regroup_param_groups(model)
+x, y = data["x"], data["y"]
+if spec["cuda"]:
+    x, y = x.cuda(), y.cuda()
+bs = spec["batch"]
+
+def run(n):
+    for b in range(0, n, bs):
+        opt.zero_grad()
+        F.cross_entropy(model(x[b:b + bs]), y[b:b + bs]).backward()
+        opt.step()
+
+run(min(10 * bs, x.shape[0]))  # warm-up
+if spec["cuda"]:
+    torch.cuda.synchronize()
+t = time.perf_counter()
+run(x.shape[0])
+if spec["cuda"]:
+    torch.cuda.synchronize()
+dt = time.perf_counter() - t
+print(json.dumps({"samples": int(x.shape[0]), "seconds": dt, "samples_per_s": x.shape[0] / dt,
+                  "threads": torch.get_num_threads()}))
+'''
+
+
+def workload_data(name: str, samples: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    if name == "digits-mlp":
+        from hil.datasets import load_digits_split
+
+        d = load_digits_split()
+        n = min(samples, d.x_train.shape[0]) if samples else d.x_train.shape[0]
+        return d.x_train[:n].contiguous(), d.y_train[:n].contiguous(), [64, 32, 10]
+    g = torch.Generator().manual_seed(0)
+    n = samples or 1000
+    return torch.rand(n, 784, generator=g), torch.randint(0, 10, (n,), generator=g), [784, 256, 128, 10]
+
+
+def ours(x: torch.Tensor, y: torch.Tensor, sizes: list[int], torch_device: str, bs: int = 10) -> float:
+    """Samples per second of our TTv2 (recommended digits settings) over the whole of (x, y)."""
+    from hil.nn import AnalogLinear
+    from hil.training import TrainingController, recommended_config, simulated_factory
+    from hil.training.digits import digits_device, digits_periphery
+
+    torch.manual_seed(0)
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(AnalogLinear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            layers.append(nn.Sigmoid())
+    model = nn.Sequential(*layers).to(torch_device)
+    cfg = recommended_config("ttv2", "mlp")
+    factory = simulated_factory(digits_device(20, 1.0, 0.3), digits_periphery(0.06), bl=cfg.bl, seed=1, torch_device=torch_device)
+    ctl = TrainingController(model, cfg, factory)
+    ctl.prepare()
+    x, y = x.to(torch_device), y.to(torch_device)
+
+    def run(n: int) -> None:
+        for b in range(0, n, bs):
+            ctl.zero_grad()
+            F.cross_entropy(model(x[b : b + bs]), y[b : b + bs]).backward()
+            ctl.step()
+
+    run(min(10 * bs, x.shape[0]))  # warm-up
+    if torch_device == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    run(x.shape[0])
+    if torch_device == "cuda":
+        torch.cuda.synchronize()
+    return x.shape[0] / (time.perf_counter() - t)
+
+
+def aihwkit(python: str, data_file: str, sizes: list[int], cuda: bool, bs: int = 10) -> float:
+    spec = {
+        "sizes": sizes, "batch": bs, "dw": 0.1, "c2c": 1.0, "d2d": 0.3, "read_noise": 0.06,
+        "lr": 0.1, "cuda": cuda,
+    }
+    env = dict(os.environ, OMP_NUM_THREADS=str(THREADS), MKL_NUM_THREADS=str(THREADS))
+    out = subprocess.run(
+        [python, "-c", AIHWKIT_CHILD, json.dumps(spec), data_file, str(THREADS)],
+        capture_output=True, text=True, env=env, check=False,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"aihwkit run failed ({python}):\n{out.stderr[-3000:]}")
+    return float(json.loads(out.stdout.strip().splitlines()[-1])["samples_per_s"])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--aihwkit-python", default=None, help="interpreter of an environment with aihwkit")
+    p.add_argument("--repeats", type=int, default=3, help="alternating repetitions per side")
+    p.add_argument("--samples", type=int, default=0,
+                   help="training samples per measurement (0: digits 1347, mlp-784 1000)")
+    p.add_argument("--workloads", default="digits-mlp,mlp-784")
+    p.add_argument("--devices", default="auto", help="cpu, cuda, or auto (cpu + cuda if present)")
+    p.add_argument("--json", default=None, help="write the figures here")
+    args = p.parse_args(argv)
+    torch.set_num_threads(THREADS)
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) if args.devices == "auto" else args.devices.split(",")
+    print(f"torch {torch.__version__}, threads pinned to {torch.get_num_threads()} (both sides); "
+          f"batch 10; repeats {args.repeats}")
+    report: dict = {"threads": THREADS, "torch": torch.__version__, "results": []}
+    for name in args.workloads.split(","):
+        x, y, sizes = workload_data(name, args.samples)
+        with tempfile.TemporaryDirectory() as tmp:
+            data_file = str(Path(tmp) / "data.pt")
+            torch.save({"x": x, "y": y}, data_file)
+            for dev in devices:
+                mine, theirs = [], []
+                for _ in range(args.repeats):
+                    mine.append(ours(x, y, sizes, dev))
+                    if args.aihwkit_python:
+                        theirs.append(aihwkit(args.aihwkit_python, data_file, sizes, dev == "cuda"))
+                row = {
+                    "workload": name, "device": dev, "samples": int(x.shape[0]),
+                    "ours_samples_per_s": {"min": min(mine), "median": statistics.median(mine), "all": mine},
+                }
+                line = (f"{name:11s} {dev:4s} ours TTv2 {statistics.median(mine):9.0f} samples/s "
+                        f"(min {min(mine):.0f})")
+                if theirs:
+                    ratio = statistics.median(mine) / statistics.median(theirs)
+                    ratios = [a / b for a, b in zip(mine, theirs, strict=True)]
+                    row["aihwkit_samples_per_s"] = {"min": min(theirs), "median": statistics.median(theirs), "all": theirs}
+                    row["ratio_median"] = ratio
+                    row["ratio_min"] = min(ratios)
+                    line += (f" | aihwkit TTv2 {statistics.median(theirs):9.0f} samples/s (min {min(theirs):.0f})"
+                             f" | ratio {ratio:.2f}x (per-pair min {min(ratios):.2f}x)")
+                print(line, flush=True)
+                report["results"].append(row)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

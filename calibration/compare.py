@@ -1,0 +1,227 @@
+"""Measured vs replayed: the two figures of merit of a fitted model on held-out rows.
+
+Both files must be row-aligned (``hil characterize --replay`` writes one row per
+input row, in order, with the same device/cycle/pulse/polarity).
+
+- **Normalized RMSE of the mean trajectory.**  Every read is normalized by its
+  device's measured conductance range, ``u = (G - G_1%) / (G_99% - G_1%)`` (1st and
+  99th percentile of all reads of that device, measured file); ``u`` at each
+  position within a cycle is averaged over the selected cycles of all devices
+  (measured and replayed separately), and the RMSE between the two mean
+  trajectories is the figure.  Target: below 0.10.  A fitted device model describes
+  a *population* (its device-to-device spread is drawn at random), so replayed
+  device ``i`` is not measured device ``i``: the population mean is what it can
+  reproduce.  The device-matched figure (the same per device, root mean square over
+  devices) is reported beside it; for one device the two coincide.
+- **Spread of the per-pulse change.**  The change of conductance from the previous
+  read of the same device, for every selected pulse row (not a segment start),
+  divided by the device range; its standard deviation replayed / measured, for up
+  and down pulses separately.  Target: within a factor 1.5 (0.667 to 1.5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from hil.calibration.measurements import MeasurementSet
+
+NRMSE_TARGET = 0.10
+STD_RATIO_TARGET = 1.5
+
+
+def check_aligned(measured: MeasurementSet, simulated: MeasurementSet) -> None:
+    """Raise ``ValueError`` naming the first row where the files disagree."""
+    if len(measured) != len(simulated):
+        raise ValueError(
+            f"{simulated.source} has {len(simulated)} rows, {measured.source} has {len(measured)}: "
+            "a replay writes one row per measured row"
+        )
+    for col in ("cycle", "pulse", "polarity"):
+        a, b = getattr(measured, col), getattr(simulated, col)
+        bad = np.nonzero(a != b)[0]
+        if len(bad):
+            i = int(bad[0])
+            raise ValueError(
+                f"{simulated.source}:{simulated.where(i)}: {col} {b[i]} differs from {measured.source}:"
+                f"{measured.where(i)} ({a[i]}): the files are not row-aligned"
+            )
+    bad = np.nonzero(measured.device.astype(str) != simulated.device.astype(str))[0]
+    if len(bad):
+        i = int(bad[0])
+        raise ValueError(
+            f"{simulated.source}:{simulated.where(i)}: device {simulated.device[i]!r} differs from "
+            f"{measured.device[i]!r}: the files are not row-aligned"
+        )
+
+
+def device_ranges(ms: MeasurementSet) -> dict[str, float]:
+    """Per-device conductance range (99th - 1st percentile), siemens."""
+    out = {}
+    for d in ms.devices:
+        g = ms.conductance[ms.device == d]
+        lo, hi = np.percentile(g, [1.0, 99.0])
+        out[d] = float(hi - lo) if hi > lo else float(abs(hi) or 1.0)
+    return out
+
+
+def replay_metrics(
+    measured: MeasurementSet,
+    simulated: MeasurementSet | Sequence[MeasurementSet],
+    rows: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Figures of merit on the rows selected by ``rows`` (default: all rows).
+
+    ``simulated`` may be several replays (other seeds): the replayed mean trajectory is
+    then their average (the model's expected trajectory, not one noisy realization) and
+    the spread of the per-pulse change is pooled over them.
+    """
+    reps = [simulated] if isinstance(simulated, MeasurementSet) else list(simulated)
+    if not reps:
+        raise ValueError("replay_metrics: no replayed file")
+    for r in reps:
+        check_aligned(measured, r)
+    simulated = reps[0].subset(np.ones(len(reps[0]), dtype=bool))
+    simulated.conductance = np.mean([r.conductance for r in reps], axis=0)
+    n = len(measured)
+    sel = np.ones(n, dtype=bool) if rows is None else np.asarray(rows, dtype=bool)
+    ranges = device_ranges(measured)
+    codes, names = measured.device_codes()
+    starts = measured.segment_starts()
+    prev = np.full(n, -1, dtype=np.int64)
+    last: dict[int, int] = {}
+    for i, c in enumerate(codes):
+        prev[i] = last.get(int(c), -1)
+        last[int(c)] = i
+    per_device: dict[str, dict[str, float]] = {}
+    nrmse_sq = []
+    lo_of = {d: float(np.percentile(measured.conductance[measured.device == d], 1.0)) for d in names}
+    pop_pos: list[np.ndarray] = []
+    pop_m: list[np.ndarray] = []
+    pop_s: list[np.ndarray] = []
+    steps: dict[str, dict[int, list[np.ndarray]]] = {"measured": {1: [], -1: []}, "replayed": {1: [], -1: []}}
+    for d, name in enumerate(names):
+        idx = np.nonzero((codes == d) & sel)[0]
+        if len(idx) == 0:
+            continue
+        scale = ranges[name]
+        # position of each selected row within its cycle
+        pos = np.zeros(len(idx), dtype=np.int64)
+        counter: dict[int, int] = {}
+        for j, i in enumerate(idx):
+            c = int(measured.cycle[i])
+            pos[j] = counter.get(c, 0)
+            counter[c] = pos[j] + 1
+        n_pos = int(pos.max()) + 1
+        cnt = np.bincount(pos, minlength=n_pos)
+        pop_pos.append(pos)
+        pop_m.append((measured.conductance[idx] - lo_of[name]) / scale)
+        pop_s.append((simulated.conductance[idx] - lo_of[name]) / scale)
+        m_mean = np.bincount(pos, weights=measured.conductance[idx], minlength=n_pos) / cnt
+        s_mean = np.bincount(pos, weights=simulated.conductance[idx], minlength=n_pos) / cnt
+        rmse = float(np.sqrt(np.mean((m_mean - s_mean) ** 2)))
+        nrmse = rmse / scale
+        nrmse_sq.append(nrmse**2)
+        per_device[name] = {"nrmse": nrmse, "rmse_s": rmse, "range_s": scale, "cycles": float(len(counter))}
+        ok = (measured.polarity[idx] != 0) & ~starts[idx] & (prev[idx] >= 0)
+        ii = idx[ok]
+        for label, sets in (("measured", [measured]), ("replayed", reps)):
+            for ms in sets:
+                dg = (ms.conductance[ii] - ms.conductance[prev[ii]]) / scale
+                for pol in (1, -1):
+                    steps[label][pol].append(dg[measured.polarity[ii] == pol])
+    nrmse_pop = float("nan")
+    if pop_pos:
+        pos_all = np.concatenate(pop_pos)
+        n_pos = int(pos_all.max()) + 1
+        cnt = np.bincount(pos_all, minlength=n_pos)
+        ok_pos = cnt > 0
+        mm = np.bincount(pos_all, weights=np.concatenate(pop_m), minlength=n_pos)[ok_pos] / cnt[ok_pos]
+        ss = np.bincount(pos_all, weights=np.concatenate(pop_s), minlength=n_pos)[ok_pos] / cnt[ok_pos]
+        nrmse_pop = float(np.sqrt(np.mean((mm - ss) ** 2)))
+    out: dict[str, Any] = {
+        "replays": len(reps),
+        "rows": int(sel.sum()),
+        "devices": len(per_device),
+        "nrmse": nrmse_pop,
+        "nrmse_device_matched": float(np.sqrt(np.mean(nrmse_sq))) if nrmse_sq else float("nan"),
+        "nrmse_worst_device": float(np.sqrt(max(nrmse_sq))) if nrmse_sq else float("nan"),
+        "per_device": per_device,
+    }
+    for pol, key in ((1, "up"), (-1, "down")):
+        m = np.concatenate(steps["measured"][pol]) if steps["measured"][pol] else np.zeros(0)
+        s = np.concatenate(steps["replayed"][pol]) if steps["replayed"][pol] else np.zeros(0)
+        if len(m) >= 2:
+            sm, ss = float(np.std(m, ddof=1)), float(np.std(s, ddof=1))
+            out[f"step_std_{key}_measured"] = sm
+            out[f"step_std_{key}_replayed"] = ss
+            out[f"step_std_ratio_{key}"] = ss / sm if sm > 0 else float("inf")
+            out[f"steps_{key}"] = int(len(m))
+    out["pass_nrmse"] = bool(out["nrmse"] < NRMSE_TARGET)
+    ratios = [out[k] for k in ("step_std_ratio_up", "step_std_ratio_down") if k in out]
+    out["pass_step_std"] = bool(ratios) and all(1 / STD_RATIO_TARGET <= r <= STD_RATIO_TARGET for r in ratios)
+    return out
+
+
+def format_metrics(m: dict[str, Any], title: str = "") -> str:
+    lines = [title] if title else []
+    lines.append(
+        f"  rows {m['rows']}, devices {m['devices']}, replays {m.get('replays', 1)}: normalized RMSE of the mean trajectory "
+        f"{m['nrmse']:.4f} (target < {NRMSE_TARGET}) {'PASS' if m['pass_nrmse'] else 'FAIL'}"
+    )
+    if m["devices"] > 1:
+        lines.append(
+            f"  device-matched (replayed device i vs measured device i): rms {m['nrmse_device_matched']:.4f}, "
+            f"worst device {m['nrmse_worst_device']:.4f} (information: the model draws its devices at random)"
+        )
+    for key in ("up", "down"):
+        if f"step_std_ratio_{key}" in m:
+            lines.append(
+                f"  std of the per-pulse change, {key:>4}: measured {m[f'step_std_{key}_measured']:.4g}, "
+                f"replayed {m[f'step_std_{key}_replayed']:.4g} (x range), ratio {m[f'step_std_ratio_{key}']:.3f} "
+                f"(target 1/{STD_RATIO_TARGET}..{STD_RATIO_TARGET}), {m[f'steps_{key}']} steps"
+            )
+    lines.append(f"  step spread {'PASS' if m['pass_step_std'] else 'FAIL'}")
+    return "\n".join(lines)
+
+
+def holdout_starts(ms: MeasurementSet, held: np.ndarray) -> np.ndarray:
+    """First held-out row of every held-out stretch of a device (where a replay that scores
+    held-out rows restarts from the measured value)."""
+    codes, _ = ms.device_codes()
+    out = np.zeros(len(ms), dtype=bool)
+    last: dict[int, bool] = {}
+    for i, c in enumerate(codes):
+        out[i] = bool(held[i]) and not last.get(int(c), False)
+        last[int(c)] = bool(held[i])
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m hil.calibration.compare MEASURED.csv REPLAY.csv [REPLAY.csv ...]``."""
+    import argparse
+
+    from hil.calibration.measurements import load_measurements
+    from hil.calibration.split import DEFAULT_HOLDOUT, holdout_rows
+
+    ap = argparse.ArgumentParser(description="figures of merit of replayed files against the measured one")
+    ap.add_argument("measured")
+    ap.add_argument("replayed", nargs="+", help="one or more replays (other seeds) of the measured file")
+    ap.add_argument("--holdout", type=float, default=DEFAULT_HOLDOUT, help="held-out fraction (as hil calibrate)")
+    args = ap.parse_args(argv)
+    ms = load_measurements(args.measured)
+    reps = [load_measurements(p, min_pulses=1) for p in args.replayed]
+    print(format_metrics(replay_metrics(ms, reps), "all rows:"))
+    held, unit = holdout_rows(ms, args.holdout)
+    ok = True
+    if held.any():
+        m = replay_metrics(ms, reps, held)
+        print(format_metrics(m, f"held-out rows ({unit}, fraction {args.holdout:.3g}):"))
+        ok = m["pass_nrmse"] and m["pass_step_std"]
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

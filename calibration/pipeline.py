@@ -1,0 +1,672 @@
+"""The calibration pipeline: measurements -> fitted step models -> model selection -> DeviceModel.
+
+Steps (each documented in docs/calibration.md):
+
+1. map conductance to normalized weight (:mod:`hil.calibration.mapping`);
+2. split rows into fitting rows and held-out later cycles (:mod:`hil.calibration.split`);
+3. read noise from repeated reads (polarity 0) when the data has them (pooled
+   within-block standard deviation; fixed in every fit), else a free parameter;
+4. for every candidate step model: a pooled fit, then per-device fits, on the
+   fitting rows; BIC and AIC from the per-device fit, and the held-out negative
+   log-likelihood (each held-out read predicted from all earlier reads);
+5. selection: the lowest BIC among the models whose held-out NLL is within
+   ``max(2 nats, 2 standard errors of the difference)`` of the best held-out NLL (the
+   standard error by batch means, since successive reads are correlated);
+6. the chosen model is fitted again on all rows (``final_fit="all"``) or kept as
+   fitted on the fitting rows (``"train"``); nominal parameters are the mean over
+   devices, device-to-device spread the standard deviation over devices (corrected
+   for each device's estimation error) relative to the mean, kept only where a
+   chi-square test says the devices differ by more than their estimation errors
+   (1 % level), for the step scales and bounds (``D2D_PARAMETERS``; the shape
+   exponents are shared), c2c the mean of the per-device values.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+from scipy import stats
+
+import hil
+from hil.calibration.filter import Sequences
+from hil.calibration.fit import FitResult, best_per_device, device_nll, fit_model, row_nll
+from hil.calibration.mapping import Mapping, MappingSpec, choose_mapping
+from hil.calibration.measurements import MeasurementSet
+from hil.calibration.split import DEFAULT_HOLDOUT, holdout_rows
+from hil.calibration.stepmodels import Family
+from hil.config import HilModel
+from hil.device_model import (
+    STEP_PARAMETERS,
+    ConstantStep,
+    DeviceModel,
+    DeviceVariation,
+    ExpStep,
+    LinearStep,
+    PowStep,
+    SoftBoundsStep,
+    TableStep,
+)
+
+MODEL_KINDS: tuple[str, ...] = ("constant", "linear", "softbounds", "pow", "exp", "table")
+ModelChoice = Literal["auto", "constant", "linear", "softbounds", "pow", "exp", "table"]
+MIN_READ_DOF = 10
+D2D_ALPHA = 0.01  # a spread is kept when a chi-square test rejects "no spread" at 1 %
+# parameters whose device-to-device spread enters the model: step scales and bounds.  The shape
+# exponents (gamma) are shared: per device they are strongly correlated with the bounds, and
+# their spread cannot be told from estimation error (the report still lists it).
+D2D_PARAMETERS = ("dw_up", "dw_down", "w_min", "w_max")
+
+
+class CalibrationConfig(HilModel):
+    """Settings of one calibration run (stored in the model's provenance)."""
+
+    model: ModelChoice = "auto"
+    candidates: list[str] = Field(default_factory=lambda: list(MODEL_KINDS))
+    holdout_fraction: float = Field(DEFAULT_HOLDOUT, ge=0, lt=1)
+    mapping: MappingSpec = Field(default_factory=MappingSpec)
+    table_nodes: int = Field(10, ge=3, le=200)
+    final_fit: Literal["all", "train"] = "all"
+    max_nfev: int = Field(200, ge=5)
+    name: str = "calibrated"
+    selection_nats: float = Field(2.0, ge=0, description="held-out NLL margin, nats")
+
+
+class CandidateScore(HilModel):
+    """How one step model scored on the fitting and held-out rows."""
+
+    model: str
+    k: int
+    n_train: int
+    nll_train: float
+    bic: float
+    aic: float
+    n_heldout: int
+    nll_heldout: float | None
+    heldout_margin: float | None = None
+    eligible: bool = True
+    pooled_nll_train: float
+    converged: bool
+
+
+@dataclass
+class Calibration:
+    """Everything a calibration produced (the report is written from it)."""
+
+    config: CalibrationConfig
+    measurements: MeasurementSet
+    mapping: Mapping
+    weights: np.ndarray
+    seq: Sequences
+    heldout: np.ndarray
+    heldout_unit: str
+    read_noise: dict[str, Any]
+    candidates: list[CandidateScore]
+    chosen: str
+    family: Family
+    pooled: FitResult
+    per_device: FitResult | None
+    train_pooled: FitResult
+    train_per_device: FitResult | None
+    model: DeviceModel
+    train_model: DeviceModel
+    parameters: dict[str, dict[str, Any]]
+    seconds: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    replay: dict[str, Any] | None = None
+
+
+# ------------------------------------------------------------------ helpers
+def read_noise_from_repeats(ms: MeasurementSet, w: np.ndarray) -> tuple[float | None, int]:
+    """Pooled within-block std of reads without pulses (and the read just before them).
+
+    Returns ``(sigma, degrees_of_freedom)``; ``sigma`` is None without repeated reads.
+    """
+    codes, _ = ms.device_codes()
+    starts = ms.segment_starts()
+    ss = 0.0
+    dof = 0
+    blocks: dict[int, list[float]] = {}
+    last_val: dict[int, float] = {}
+
+    def close(b: list[float]) -> None:
+        nonlocal ss, dof
+        if len(b) >= 2:
+            a = np.asarray(b)
+            ss += float(((a - a.mean()) ** 2).sum())
+            dof += len(a) - 1
+
+    for i in range(len(ms)):
+        d = int(codes[i])
+        if starts[i]:
+            close(blocks.pop(d, []))
+            last_val.pop(d, None)
+        if ms.polarity[i] == 0:
+            block = blocks.setdefault(d, [])
+            if not block and d in last_val:
+                block.append(last_val[d])
+            block.append(float(w[i]))
+        else:
+            close(blocks.pop(d, []))
+        last_val[d] = float(w[i])
+    for b in blocks.values():
+        close(b)
+    if dof == 0:
+        return None, 0
+    return float(np.sqrt(ss / dof)), dof
+
+
+def batch_means_se(diff: np.ndarray, batches: int = 20) -> float:
+    """Standard error of ``diff.sum()`` for a correlated series (batch means over contiguous
+    runs of reads, in filter order: the per-read differences of two models are correlated
+    along a device's history, so the i.i.d. formula would understate it)."""
+    n = len(diff)
+    if n < 2:
+        return 0.0
+    b = max(2, min(batches, n // 4 if n >= 8 else n))
+    sums = np.array([part.sum() for part in np.array_split(diff, b)])
+    return float(np.std(sums, ddof=1) * np.sqrt(b))
+
+
+def _step_stats(seq: Sequences, score: np.ndarray) -> dict[str, Any]:
+    s_idx, t_idx = np.nonzero(score)
+    prev = seq.y[s_idx, t_idx - 1]
+    dy = seq.y[s_idx, t_idx] - prev
+    pol = seq.pol[s_idx, t_idx]
+    out: dict[str, Any] = {"prev": prev, "dy": dy, "pol": pol}
+    # read-noise guess from the lag-1 autocovariance of consecutive pulse steps
+    pulse = pol != 0
+    nxt = np.zeros_like(pulse)
+    same = (s_idx[1:] == s_idx[:-1]) & (t_idx[1:] == t_idx[:-1] + 1) & pulse[1:] & pulse[:-1]
+    nxt[:-1] = same
+    if nxt.sum() >= 10:
+        m = dy[pulse].mean()
+        cov = float(np.mean((dy[:-1][same] - m) * (dy[1:][same] - m)))
+        out["read_var"] = max(-cov, 0.0)
+    else:
+        out["read_var"] = 0.0
+    return out
+
+
+def initial_values(fam: Family, seq: Sequences, score: np.ndarray, read_sd: float | None) -> dict[str, Any]:
+    st = _step_stats(seq, score)
+    prev, dy, pol = st["prev"], st["dy"], st["pol"]
+    y = seq.y[seq.valid]
+    lo = min(float(np.percentile(y, 0.5)), -0.2)
+    hi = max(float(np.percentile(y, 99.5)), 0.2)
+
+    def mid_mean(sign: int) -> float:
+        sel = pol == sign
+        mid = sel & (np.abs(prev - 0.5 * (lo + hi)) < 0.25 * (hi - lo))
+        use = mid if mid.sum() >= 10 else sel
+        v = sign * float(dy[use].mean()) if use.any() else 0.01
+        overall = abs(float(dy[sel].mean())) if sel.any() else 0.01
+        return max(v, 0.5 * overall, 1e-4)
+
+    dw_up, dw_dn = mid_mean(1), mid_mean(-1)
+    rv = read_sd**2 if read_sd is not None else st["read_var"]
+    pulse = pol != 0
+    var_w = float(np.var(dy[pulse])) - 2 * rv if pulse.sum() > 2 else 0.0
+    c2c = float(np.clip(np.sqrt(max(var_w, 1e-12)) / (0.5 * (dw_up + dw_dn)), 0.01, 100.0))
+    init: dict[str, Any] = {
+        "dw_up": dw_up,
+        "dw_down": dw_dn,
+        "w_min": lo,
+        "w_max": hi,
+        "c2c": c2c,
+        "read_sd": max(np.sqrt(rv), 1e-4),
+    }
+    if fam.kind == "linear":
+        init.update(gamma_up=0.5, gamma_down=0.5)
+    elif fam.kind in ("pow", "exp"):
+        init.update(gamma_up=1.0, gamma_down=1.0)
+    elif fam.kind == "table":
+        assert fam.grid is not None
+        grid = fam.grid
+        init.update(dw_up=1.0, dw_down=1.0, w_min=float(grid[0]), w_max=float(grid[-1]))
+        for sign, key, default in ((1, "up", dw_up), (-1, "down", -dw_dn)):
+            sel = pol == sign
+            for i, g in enumerate(grid):
+                width = grid[1] - grid[0]
+                wgt = np.clip(1 - np.abs(prev[sel] - g) / width, 0, None)
+                if wgt.sum() > 3:
+                    mean = float((wgt * dy[sel]).sum() / wgt.sum())
+                    var = float((wgt * (dy[sel] - mean) ** 2).sum() / wgt.sum())
+                else:
+                    mean, var = default, (c2c * default) ** 2
+                init[f"{key}_node_{i}"] = mean
+                init[f"{key}_std_{i}"] = float(np.sqrt(max(var - 2 * rv, (0.1 * mean) ** 2)))
+    return init
+
+
+def _family(kind: str, seq: Sequences, score: np.ndarray, nodes: int) -> Family:
+    if kind != "table":
+        return Family(kind)
+    y = seq.y[score | seq.reset & seq.valid]
+    lo, hi = np.percentile(y, [0.5, 99.5])
+    lo, hi = min(lo, -0.5), max(hi, 0.5)
+    return Family("table", grid=np.linspace(lo, hi, nodes))
+
+
+def _chain_init(kind: str, base: dict[str, Any], fits: dict[str, FitResult]) -> list[dict[str, Any]]:
+    """Starting points: the data-derived one, and for models that contain a simpler one
+    (linear and pow with gamma 1 are softbounds, exp with gamma 0 is constant) that model's fit.
+    Both are tried: these likelihoods have several local optima."""
+    init = dict(base)
+
+    def take(src: str, gamma: float) -> None:
+        f = fits[src]
+        for k in ("dw_up", "dw_down", "w_min", "w_max", "c2c", "read_sd"):
+            init[k] = float(f.values[k][0])
+        init.update(gamma_up=gamma, gamma_down=gamma)
+
+    if kind in ("linear", "pow") and "softbounds" in fits:
+        take("softbounds", 1.0)
+    elif kind == "exp" and "constant" in fits:
+        take("constant", 0.0)
+    elif kind == "table":
+        for src in ("softbounds", "constant"):
+            if src in fits:
+                init["read_sd"] = float(fits[src].values["read_sd"][0])
+                break
+        return [init]
+    return [base] if init == base else [base, init]
+
+
+def device_extremes(seq: Sequences, score: np.ndarray, q: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Per-device ``q``-th and ``100 - q``-th percentile of the reads (NaN-free; pooled where a
+    device has no scored reads)."""
+    lo = np.empty(seq.n_devices)
+    hi = np.empty(seq.n_devices)
+    all_y = seq.y[seq.valid]
+    for d in range(seq.n_devices):
+        y = seq.y[(seq.device == d)[:, None] & seq.valid]
+        y = y if len(y) else all_y
+        lo[d], hi[d] = np.percentile(y, [q, 100 - q])
+    return lo, hi
+
+
+def _fit_pair(
+    fam: Family,
+    seq: Sequences,
+    score: np.ndarray,
+    inits: list[dict[str, Any]],
+    read_sd: float | None,
+    max_nfev: int,
+) -> tuple[FitResult, FitResult | None]:
+    """Pooled fit from every start in ``inits`` (the best is kept), then per-device fits from it."""
+    pooled = None
+    for start0 in inits:
+        f = fit_model(fam, seq, score, start0, per_device=False, read_sd_fixed=read_sd, max_nfev=max_nfev)
+        if pooled is None or f.nll < pooled.nll:
+            pooled = f
+    assert pooled is not None
+    n_dev = int(seq.device_rows(score).sum())
+    if n_dev < 2:
+        return pooled, None
+    start: dict[str, Any] = {k: v[0] for k, v in pooled.values.items()}
+    read_sd = float(pooled.values["read_sd"][0])
+    starts = [start]
+    if "w_min" in fam.shape_names():
+        # each device also starts at its own extreme reads: a hard bound beyond a device's data
+        # has no gradient (the constant model would never find it from the pooled bounds), while
+        # bounds approached asymptotically (pow, exp) lie beyond the extreme reads
+        lo, hi = device_extremes(seq, score)
+        own = dict(start, w_min=np.minimum(lo, -2e-3), w_max=np.maximum(hi, 2e-3))
+        starts = [own] if fam.kind in ("constant", "table") else [own, start]
+    fits = [fit_model(fam, seq, score, st, per_device=True, read_sd_fixed=read_sd, max_nfev=max_nfev) for st in starts]
+    per = fits[0] if len(fits) == 1 else best_per_device(fits, [device_nll(fam, seq, f, score) for f in fits])
+    if fam.kind == "table":
+        # the table's nodes are shared: refit them with the per-device scales and bounds fixed
+        # (otherwise the device-to-device spread of the steps is read as write noise), then the
+        # per-device parameters once more
+        shared = fit_model(fam, seq, score, dict(per.values), per_device=False, read_sd_fixed=read_sd,
+                           max_nfev=max_nfev, keep_scales=True)
+        per = fit_model(fam, seq, score, dict(shared.values), per_device=True, read_sd_fixed=read_sd,
+                        max_nfev=max_nfev)
+        per.se.update({k: v for k, v in shared.se.items() if k not in per.se})
+    return pooled, per
+
+
+def _summarize(
+    fam: Family,
+    pooled: FitResult,
+    per: FitResult | None,
+    device_mask: np.ndarray,
+) -> tuple[dict[str, float], dict[str, float], dict[str, dict[str, Any]]]:
+    """Nominal values, d2d and a parameter table from pooled and per-device fits."""
+    nominal: dict[str, float] = {}
+    d2d: dict[str, float] = {}
+    table: dict[str, dict[str, Any]] = {}
+    names = list(fam.names) + ["c2c", "read_sd"]
+    for name in names:
+        pv = float(pooled.values[name][0])
+        pse = float(pooled.se.get(name, np.array([np.nan]))[0])
+        row: dict[str, Any] = {"pooled": pv, "pooled_se": pse}
+        if per is not None and (name in fam.shape_names() or name == "c2c"):
+            vals = per.values[name][device_mask]
+            ses = per.se.get(name, np.full(len(device_mask), np.nan))[device_mask]
+            mean = float(vals.mean())
+            row.update(per_device_mean=mean, per_device=vals.tolist(), per_device_se=ses.tolist())
+            nominal[name] = mean
+            if len(vals) >= 3 and name != "c2c":
+                finite = np.isfinite(ses) & (ses > 0)
+                var_b = float(np.var(vals, ddof=1)) - float(np.mean(np.where(finite, ses, np.inf) ** 2))
+                # is the spread larger than the devices' estimation errors explain? (chi-square, 1 %)
+                q = float(np.sum(((vals - mean)[finite] / ses[finite]) ** 2))
+                crit = float(stats.chi2.ppf(1 - D2D_ALPHA, max(int(finite.sum()) - 1, 1)))
+                significant = bool(finite.sum() >= 3 and q > crit)
+                estimate = float(np.sqrt(var_b)) / abs(mean) if var_b > 0 and mean != 0 else 0.0
+                spread = estimate if significant and name in D2D_PARAMETERS else 0.0
+                row["d2d"] = spread
+                row["d2d_estimate"] = estimate
+                row["d2d_chi2"] = q
+                row["d2d_chi2_critical"] = crit
+                row["d2d_raw"] = float(np.std(vals, ddof=1)) / abs(mean) if mean != 0 else float("nan")
+                if spread > 0 and np.isfinite(spread):
+                    d2d[name] = spread
+            # estimation error of the mean of these devices' values, and the sampling error of the
+            # population mean (which a finite set of devices leaves)
+            row["se"] = float(np.sqrt(np.sum(ses**2)) / len(vals))
+            row["se_population"] = float(np.std(vals, ddof=1) / np.sqrt(len(vals))) if len(vals) >= 2 else float("nan")
+        elif per is not None and name not in ("c2c", "read_sd"):
+            # shared by all devices (a table's nodes): the value of the per-device fit
+            nominal[name] = float(per.values[name][device_mask][0])
+            se_shared = per.se.get(name)
+            row["se"] = float(se_shared[0]) if se_shared is not None else pse
+            row["pooled_se"] = row["se"]
+        else:
+            nominal[name] = pv
+            row["se"] = pse
+        row["value"] = nominal[name]
+        row["relative_se"] = abs(row["se"]) / abs(row["value"]) if row["value"] else float("inf")
+        table[name] = row
+    return nominal, d2d, table
+
+
+def build_device_model(
+    fam: Family,
+    nominal: dict[str, float],
+    d2d: dict[str, float],
+    mapping: Mapping,
+    name: str,
+    description: str,
+) -> DeviceModel:
+    kind = fam.kind
+    c2c = float(nominal["c2c"])
+    read_noise = float(nominal["read_sd"])
+    step: Any
+    if kind == "table":
+        assert fam.grid is not None
+        k = range(fam.n_nodes)
+        step = TableStep(
+            w_min=float(nominal["w_min"]),
+            w_max=float(nominal["w_max"]),
+            dw_up=float(nominal["dw_up"]),
+            dw_down=float(nominal["dw_down"]),
+            grid=[float(g) for g in fam.grid],
+            up_mean=[float(nominal[f"up_node_{i}"]) for i in k],
+            down_mean=[float(nominal[f"down_node_{i}"]) for i in k],
+            up_std=[abs(float(nominal[f"up_std_{i}"])) for i in k],
+            down_std=[abs(float(nominal[f"down_std_{i}"])) for i in k],
+        )
+        c2c = 0.0
+    else:
+        cls = {
+            "constant": ConstantStep,
+            "linear": LinearStep,
+            "softbounds": SoftBoundsStep,
+            "pow": PowStep,
+            "exp": ExpStep,
+        }[kind]
+        step = cls(**{k: float(nominal[k]) for k in STEP_PARAMETERS[kind]})
+    allowed = set(STEP_PARAMETERS[kind])
+    return DeviceModel(
+        name=name,
+        description=description,
+        source="hil calibrate",
+        step=step,
+        variation=DeviceVariation(c2c=c2c, d2d={k: float(v) for k, v in d2d.items() if k in allowed}),
+        read_noise=read_noise,
+        conductance=mapping.model,
+    )
+
+
+def model_summary(model: DeviceModel) -> dict[str, float]:
+    """Symmetry point, step there (dw_min) and number of states of the nominal device."""
+    import torch
+
+    from hil.simulated.devices import DeviceArray
+
+    nominal = model.model_copy(
+        update={"variation": model.variation.model_copy(update={"d2d": {}, "stuck_fraction": 0.0})}
+    )
+    arr = DeviceArray(nominal, 1, 1, torch.Generator().manual_seed(0), torch.device("cpu"), torch.float64)
+    return {
+        "symmetry_point": float(arr.symmetry_point().item()),
+        "dw_min": float(arr.step_at_symmetry().item()),
+        "n_states": float(arr.n_states().item()),
+    }
+
+
+# ------------------------------------------------------------------ pipeline
+def jsonable(v: Any) -> Any:
+    """Plain JSON data (lists, finite floats or None) that survives a file round trip unchanged."""
+    if isinstance(v, dict):
+        return {str(k): jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [jsonable(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return jsonable(v.tolist())
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        f = float(v)
+        return f if np.isfinite(f) else None
+    return v
+
+
+def blas_single_thread() -> contextlib.AbstractContextManager[Any]:
+    """Limit BLAS/LAPACK to one thread: the fits' small dense linear algebra runs up to 15x
+    slower with several threads on a busy 2-core machine (threadpoolctl comes with
+    scikit-learn; without it this does nothing)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - scikit-learn brings it
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1)
+
+
+def calibrate(ms: MeasurementSet, config: CalibrationConfig | None = None, fmt: str = "schema") -> Calibration:
+    """Fit, select and build the device model for a checked measurement set."""
+    with blas_single_thread():
+        return _calibrate(ms, config, fmt)
+
+
+def _calibrate(ms: MeasurementSet, config: CalibrationConfig | None, fmt: str) -> Calibration:
+    cfg = config or CalibrationConfig()
+    t0 = time.perf_counter()
+    timing: dict[str, float] = {}
+    mapping = choose_mapping(ms, cfg.mapping)
+    w = mapping.to_weight(ms.conductance, ms.device)
+    seq = Sequences.build(ms, w)
+    heldout, unit = holdout_rows(ms, cfg.holdout_fraction)
+    train_rows = ~heldout
+    train = seq.mask(train_rows)
+    held = seq.mask(heldout)
+    all_rows = seq.mask(np.ones(len(ms), dtype=bool))
+    if not train.any():
+        raise ValueError(f"{ms.source}: no pulse rows to fit after the first read of each device")
+    sigma_rep, dof = read_noise_from_repeats(ms, w)
+    read_fixed = sigma_rep if (sigma_rep is not None and dof >= MIN_READ_DOF) else None
+    read_info: dict[str, Any] = {
+        "method": (
+            f"repeated reads (polarity 0): pooled within-block std, {dof} degrees of freedom"
+            if read_fixed is not None
+            else (
+                "fitted: the filter separates read noise (anti-correlated successive steps) from "
+                "write noise"
+                + (f" (only {dof} degrees of freedom of repeated reads, < {MIN_READ_DOF})" if dof else "")
+            )
+        ),
+        "repeated_reads_dof": dof,
+        "repeated_reads_sd": sigma_rep,
+    }
+    timing["prepare"] = time.perf_counter() - t0
+    kinds = list(cfg.candidates) if cfg.model == "auto" else [cfg.model]
+    for k in kinds:
+        if k not in MODEL_KINDS:
+            raise ValueError(f"unknown step model {k!r}; known: {', '.join(MODEL_KINDS)}")
+    fams: dict[str, Family] = {}
+    pooled_fits: dict[str, FitResult] = {}
+    per_fits: dict[str, FitResult | None] = {}
+    scores: dict[str, CandidateScore] = {}
+    held_nll: dict[str, np.ndarray] = {}
+    order = [k for k in ("constant", "softbounds", "linear", "pow", "exp", "table") if k in kinds]
+    for kind in order:
+        t1 = time.perf_counter()
+        fam = _family(kind, seq, train, cfg.table_nodes)
+        base = initial_values(fam, seq, train, read_fixed)
+        init = _chain_init(kind, base, pooled_fits)
+        pooled, per = _fit_pair(fam, seq, train, init, read_fixed, cfg.max_nfev)
+        fams[kind], pooled_fits[kind], per_fits[kind] = fam, pooled, per
+        best = per if per is not None else pooled
+        table = kind == "table"
+        pooled_names = {n for n in fam.names if not (table and n in ("dw_up", "dw_down"))}
+        pooled_names |= (set() if table else {"c2c"}) | ({"read_sd"} if read_fixed is None else set())
+        shared = len(pooled_names - {*fam.shape_names(), "c2c"})
+        k_total = best.k + (shared if per is not None else 0)
+        n_train = best.n_scored
+        nll_h = row_nll(fam, seq, best, held) if held.any() else np.zeros(0)
+        held_nll[kind] = nll_h
+        scores[kind] = CandidateScore(
+            model=kind,
+            k=k_total,
+            n_train=n_train,
+            nll_train=best.nll,
+            bic=2 * best.nll + k_total * float(np.log(n_train)),
+            aic=2 * best.nll + 2 * k_total,
+            n_heldout=int(len(nll_h)),
+            nll_heldout=float(nll_h.sum()) if len(nll_h) else None,
+            pooled_nll_train=pooled.nll,
+            converged=bool(pooled.success and (per is None or per.success)),
+        )
+        timing[f"fit_{kind}"] = time.perf_counter() - t1
+    # ---- selection
+    if len(order) > 1 and any(len(v) for v in held_nll.values()):
+        best_h = min(order, key=lambda k: held_nll[k].sum())
+        for k in order:
+            diff = held_nll[k] - held_nll[best_h]
+            se = batch_means_se(diff)
+            margin = max(cfg.selection_nats, 2.0 * se)
+            s = scores[k]
+            s.heldout_margin = margin
+            s.eligible = bool(diff.sum() <= margin)
+        chosen = min((k for k in order if scores[k].eligible), key=lambda k: scores[k].bic)
+    else:
+        chosen = min(order, key=lambda k: scores[k].bic)
+    fam = fams[chosen]
+    device_mask = seq.device_rows(train)
+    # ---- models on the fitting rows and on all rows
+    train_pooled, train_per = pooled_fits[chosen], per_fits[chosen]
+    nominal_t, d2d_t, _ = _summarize(fam, train_pooled, train_per, device_mask)
+    description = f"{chosen} step model fitted to {ms.source}"
+    train_model = build_device_model(fam, nominal_t, d2d_t, mapping, cfg.name, description + " (fitting rows)")
+    t2 = time.perf_counter()
+    if cfg.final_fit == "all" and held.any():
+        start = {k: v[0] for k, v in train_pooled.values.items()}
+        final_pooled, final_per = _fit_pair(fam, seq, all_rows, [start], read_fixed, cfg.max_nfev)
+        device_mask = seq.device_rows(all_rows)
+    else:
+        final_pooled, final_per = train_pooled, train_per
+    timing["final_fit"] = time.perf_counter() - t2
+    nominal, d2d, table = _summarize(fam, final_pooled, final_per, device_mask)
+    model = build_device_model(fam, nominal, d2d, mapping, cfg.name, description)
+    summary = model_summary(model)
+    scale = float(mapping.scale()[0])
+    notes = list(ms.notes)
+    if unit == "pulses":
+        notes.append(
+            "every device has a single cycle: the held-out rows are the last "
+            f"{cfg.holdout_fraction:.0%} of each pulse run, not later cycles (a weaker test)"
+        )
+    if unit == "none":
+        notes.append("no held-out rows (holdout fraction 0): selection by BIC only")
+    if final_per is None and len(ms.devices) > 1:
+        notes.append("device-to-device spread not estimated (fewer than two devices with pulses)")
+    if final_per is not None and device_mask.sum() < 3:
+        notes.append("device-to-device spread not estimated (fewer than three devices)")
+    if len(ms.devices) == 1:
+        notes.append("one device: no device-to-device spread can be measured (d2d left at 0)")
+    provenance: dict[str, Any] = {
+        "tool": "hil calibrate",
+        "hil_version": hil.__version__,
+        "fit_date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "inputs": ms.inputs,
+        "format": fmt,
+        "chosen_model": chosen,
+        "selection": "auto: lowest BIC among models within the held-out margin" if cfg.model == "auto" else "given",
+        "score": {
+            "bic": scores[chosen].bic,
+            "aic": scores[chosen].aic,
+            "nll_heldout": scores[chosen].nll_heldout,
+            "n_heldout": scores[chosen].n_heldout,
+            "heldout_unit": unit,
+        },
+        "candidates": [s.model_dump() for s in scores.values()],
+        "mapping": mapping.provenance(),
+        "read_noise": read_info,
+        "devices": len(ms.devices),
+        "rows": len(ms),
+        "exclusions": [e.as_dict() for e in ms.exclusions],
+        "summary": summary,
+        "summary_siemens": {
+            "dw_min_s": summary["dw_min"] * scale,
+            "symmetry_point_s": float(mapping.to_conductance(np.array([summary["symmetry_point"]]))[0]),
+        },
+        "parameters": {k: {kk: vv for kk, vv in v.items() if kk in ("value", "se", "d2d", "pooled")} for k, v in table.items()},
+        "per_device": (
+            {
+                d: {k: float(final_per.values[k][i]) for k in (*fam.shape_names(), "c2c")}
+                for i, d in enumerate(seq.devices)
+                if device_mask[i]
+            }
+            if final_per is not None
+            else {}
+        ),
+        "config": cfg.model_dump(mode="json"),
+        "notes": notes,
+    }
+    provenance = jsonable(provenance)
+    model = model.model_copy(update={"provenance": provenance})
+    train_model = train_model.model_copy(update={"provenance": {**provenance, "fitted_on": "fitting rows only"}})
+    timing["total"] = time.perf_counter() - t0
+    return Calibration(
+        config=cfg,
+        measurements=ms,
+        mapping=mapping,
+        weights=w,
+        seq=seq,
+        heldout=heldout,
+        heldout_unit=unit,
+        read_noise=read_info,
+        candidates=list(scores.values()),
+        chosen=chosen,
+        family=fam,
+        pooled=final_pooled,
+        per_device=final_per,
+        train_pooled=train_pooled,
+        train_per_device=train_per,
+        model=model,
+        train_model=train_model,
+        parameters=table,
+        seconds=timing,
+        notes=notes,
+    )

@@ -1,0 +1,263 @@
+"""Digits experiments: the networks, the simulated device along the robustness axes, tuned settings.
+
+Shared by examples/ttv2_robustness.py, benchmarks/train_throughput.py and
+``hil demo`` (:func:`train_digits`).  Data: :func:`hil.datasets.load_digits_split`
+(inputs / 16, 75/25 split, random_state 0).
+
+Device along the three axes of the robustness study (soft bounds over [-1, 1]):
+``states`` sets the step at w = 0, ``dw = 2 / states``; ``c2c`` is the
+pulse-to-pulse std relative to the step (``DeviceVariation.c2c``); ``read_noise``
+is the additive output noise of every MVM (``PeripheryConfig.out_noise``, units
+of one full-scale weight times one full-scale input).  ``d2d`` = 0.3 spread of
+steps and bounds (aihwkit's default).  Other periphery settings: the simulator's
+defaults (7-bit DAC, 9-bit ADC, output bound 12).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hil.datasets import Split, load_digits_split
+from hil.device_model import DeviceModel, DeviceVariation, SoftBoundsStep
+from hil.nn import convert_to_analog
+from hil.training.config import TrainingConfig
+from hil.training.controller import TrainingController, schedule_factor
+from hil.training.factory import simulated_factory
+from hil.training.loop import evaluate, fit
+
+Network = Literal["mlp", "cnn"]
+
+# Tuned on the base point (20 states, c2c 1.0, read noise 0.06, d2d 0.3) with the
+# search in docs/training.md; the same settings are used on every point of the grid.
+RECOMMENDED: dict[str, dict[str, dict[str, Any]]] = {
+    "mlp": {
+        "fp_sgd": {"lr": 0.5},
+        "analog_sgd": {"lr": 0.5},
+        "tt": {"lambda_A": 0.5, "transfer_lr": 0.1, "n_s": 2, "lr": 0.5},
+        "ttv2": {"lambda_A": 0.5, "lambda_H": 0.1, "n_s": 2, "threshold": 1.0, "lr": 0.5},
+        "cttv2": {"lambda_A": 0.5, "lambda_H": 0.1, "n_s": 2, "threshold": 1.0, "lr": 0.5, "in_chop_prob": 0.1},
+    },
+    "cnn": {
+        "fp_sgd": {"lr": 0.1},
+        "analog_sgd": {"lr": 0.1},
+        "tt": {"lambda_A": 0.1, "transfer_lr": 0.1, "n_s": 2, "lr": 0.1},
+        "ttv2": {"lambda_A": 0.1, "lambda_H": 0.1, "n_s": 2, "threshold": 1.0, "lr": 0.1},
+        "cttv2": {"lambda_A": 0.1, "lambda_H": 0.1, "n_s": 2, "threshold": 1.0, "lr": 0.1, "in_chop_prob": 0.1},
+    },
+}
+
+
+# Fixed digital output factor per analog layer (effective weight = out_scale * W): the
+# same for every algorithm, so the comparison is fair.
+OUT_SCALE: dict[str, list[float]] = {"mlp": [1.0, 1.0], "cnn": [1.0, 1.0, 1.0]}
+
+
+def digits_network(kind: Network = "mlp") -> nn.Module:
+    """The digital network: ``mlp`` 64-32-10 (sigmoid); ``cnn`` conv 1->8 3x3 stride 2 pad 1
+    (8x8 -> 4x4), conv 8->16 3x3 (-> 2x2), linear 64->10, tanh after each convolution.
+    Inputs ``[n, 64]``; the CNN reshapes them to 1x8x8.  Arrays: 32x64 and 10x32 (MLP);
+    8x9, 16x72 and 10x64 (CNN)."""
+    if kind == "mlp":
+        return nn.Sequential(nn.Linear(64, 32), nn.Sigmoid(), nn.Linear(32, 10))
+    if kind == "cnn":
+        return nn.Sequential(
+            nn.Unflatten(1, (1, 8, 8)),
+            nn.Conv2d(1, 8, 3, stride=2, padding=1),
+            nn.Tanh(),
+            nn.Conv2d(8, 16, 3),
+            nn.Tanh(),
+            nn.Flatten(),
+            nn.Linear(64, 10),
+        )
+    raise ValueError(f"unknown network {kind!r}; expected 'mlp' or 'cnn'")
+
+
+def digits_device(states: float = 20, c2c: float = 1.0, d2d: float = 0.3) -> DeviceModel:
+    """Soft-bounds device over [-1, 1] with ``states`` states (step ``2 / states`` at w = 0)."""
+    if states <= 1:
+        raise ValueError(f"states must be > 1, got {states}")
+    dw = 2.0 / float(states)
+    spread = {"dw_up": d2d, "dw_down": d2d, "w_min": d2d, "w_max": d2d} if d2d > 0 else {}
+    return DeviceModel(
+        name=f"softbounds-{states:g}states-c2c{c2c:g}-d2d{d2d:g}",
+        description="soft-bounds device of the digits robustness study",
+        source="hil.training.digits.digits_device",
+        step=SoftBoundsStep(dw_up=dw, dw_down=dw),
+        variation=DeviceVariation(c2c=c2c, d2d=spread),
+    )
+
+
+def digits_periphery(read_noise: float = 0.06) -> Any:
+    """The simulator's default periphery with additive output noise ``read_noise``."""
+    from hil.simulated import PeripheryConfig
+
+    return PeripheryConfig(out_noise=read_noise)
+
+
+def recommended_config(algorithm: str, network: Network = "mlp", **overrides: Any) -> TrainingConfig:
+    """:class:`TrainingConfig` with the tuned settings of ``RECOMMENDED`` (and ``overrides``)."""
+    try:
+        tuned = dict(RECOMMENDED[network][algorithm])
+    except KeyError:
+        raise ValueError(f"no recommended settings for network {network!r}, algorithm {algorithm!r}") from None
+    tuned.update(overrides)
+    return TrainingConfig(algorithm=algorithm, **tuned)
+
+
+@dataclass
+class DigitsResult:
+    """One digits training run."""
+
+    algorithm: str
+    network: str
+    states: float
+    c2c: float
+    read_noise: float
+    seed: int
+    test_accuracy: float
+    seconds: float
+    samples: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    cost: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _data(network: Network, split: Split | None) -> Split:
+    return split if split is not None else load_digits_split()
+
+
+def train_digits_fp(
+    network: Network = "mlp",
+    *,
+    seed: int = 0,
+    epochs: int = 15,
+    batch_size: int = 10,
+    lr: float | None = None,
+    schedule: str | None = None,
+    final_lr_fraction: float | None = None,
+    split: Split | None = None,
+) -> DigitsResult:
+    """Floating-point SGD baseline: the same network, data order, batch and epochs, torch SGD,
+    with the same learning-rate schedules as :class:`TrainingConfig`."""
+    data = _data(network, split)
+    rec = RECOMMENDED[network]["fp_sgd"]
+    lr = rec["lr"] if lr is None else lr
+    sched = TrainingConfig(
+        schedule=schedule or rec.get("schedule", "constant"),
+        final_lr_fraction=final_lr_fraction if final_lr_fraction is not None else rec.get("final_lr_fraction", 0.1),
+    )
+    torch.manual_seed(seed)
+    model = digits_network(network)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    from hil.training.loop import batch_order
+
+    n = data.x_train.shape[0]
+    t0 = time.perf_counter()
+    seen = 0
+    for epoch in range(epochs):
+        order = batch_order(n, seed, epoch)
+        for b in range(0, n, batch_size):
+            idx = order[b : b + batch_size]
+            for group in opt.param_groups:
+                group["lr"] = lr * schedule_factor(sched, seen / (epochs * n))
+            seen += int(idx.numel())
+            opt.zero_grad()
+            F.cross_entropy(model(data.x_train[idx]), data.y_train[idx]).backward()
+            opt.step()
+    acc = evaluate(model, data.x_test, data.y_test)
+    return DigitsResult(
+        "fp_sgd", network, math.inf, 0.0, 0.0, seed, acc, time.perf_counter() - t0, epochs * n,
+        config={"lr": lr, "epochs": epochs, "batch_size": batch_size, "schedule": sched.schedule,
+                "final_lr_fraction": sched.final_lr_fraction},
+    )
+
+
+def train_digits(
+    algorithm: str = "ttv2",
+    network: Network = "mlp",
+    *,
+    states: float = 20,
+    c2c: float = 1.0,
+    read_noise: float = 0.06,
+    d2d: float = 0.3,
+    seed: int = 0,
+    epochs: int | None = None,
+    progress: bool = False,
+    torch_device: str = "cpu",
+    split: Split | None = None,
+    checkpoint: str | None = None,
+    checkpoint_every: int = 0,
+    resume: bool = False,
+    out_scale: list[float] | float | None = None,
+    **overrides: Any,
+) -> DigitsResult:
+    """Train the digits ``network`` with ``algorithm`` on simulated arrays; returns the test accuracy.
+
+    ``algorithm``: ``"analog_sgd"``, ``"tt"``, ``"ttv2"``, ``"cttv2"`` or ``"fp_sgd"``
+    (floating point, no arrays).  ``overrides`` replace fields of the recommended
+    :class:`TrainingConfig` (e.g. ``lambda_H=0.05``).  With ``progress`` a tqdm
+    bar shows the steps.  Example (what ``hil demo`` runs)::
+
+        from hil.training import train_digits
+        r = train_digits("ttv2", progress=True)
+        print(r.test_accuracy)
+    """
+    if algorithm == "fp_sgd":
+        extra = {k: v for k, v in overrides.items() if k in ("lr", "batch_size", "schedule", "final_lr_fraction")}
+        return train_digits_fp(network, seed=seed, epochs=epochs or 15, split=split, **extra)
+    data = _data(network, split)
+    over = dict(overrides)
+    over["seed"] = seed
+    if epochs is not None:
+        over["epochs"] = epochs
+    cfg = recommended_config(algorithm, network, **over)
+    torch.manual_seed(seed)
+    scale = OUT_SCALE[network] if out_scale is None else out_scale
+    model = convert_to_analog(digits_network(network), out_scale=scale)
+    factory = simulated_factory(
+        digits_device(states, c2c, d2d),
+        digits_periphery(read_noise),
+        bl=cfg.bl,
+        seed=1000 * seed + 17,
+        torch_device=torch_device,
+    )
+    model.to(torch_device)
+    ctl = TrainingController(model, cfg, factory)
+    dev = torch.device(torch_device)
+    res = fit(
+        model,
+        ctl,
+        data.x_train.to(dev),
+        data.y_train.to(dev),
+        x_test=data.x_test.to(dev),
+        y_test=data.y_test.to(dev),
+        progress=progress,
+        checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+        eval_every_epoch=False,
+    )
+    return DigitsResult(
+        algorithm,
+        network,
+        states,
+        c2c,
+        read_noise,
+        seed,
+        float(res.test_accuracy or 0.0),
+        res.seconds,
+        res.samples,
+        history=res.history,
+        cost=res.cost,
+        config=cfg.model_dump(mode="json"),
+    )
