@@ -48,7 +48,7 @@ import torch
 from hil.robust.pipeline import CorrectNetConfig, format_table, run_correctnet
 
 # sigma of the ablations: sigma_star of the documented runs and points below it
-ABLATION_SIGMAS = {"mlp": [0.0, 0.7, 1.0, 1.375], "cnn": [0.0, 0.2, 0.3, 0.45]}
+ABLATION_SIGMAS = {"mlp": [0.0, 0.7, 1.0, 1.3], "cnn": [0.0, 0.2, 0.3, 0.45]}
 
 
 def ablation(model: str, seed: int = 0, n_samples: int = 30) -> dict:

@@ -177,10 +177,10 @@ def compensation_blocks(model: nn.Module) -> list[CompensationBlock]:
 class TrainCompensationConfig(HilModel):
     """Training of the compensation blocks on sampled variations (main weights frozen)."""
 
-    steps: int = Field(400, ge=1, description="optimizer steps")
+    steps: int = Field(1000, ge=1, description="optimizer steps")
     batch_size: int = Field(128, ge=1)
     n_samples: int = Field(8, ge=1, description="chips drawn per step (fresh every step)")
-    lr: float = Field(3e-3, gt=0, description="Adam learning rate")
+    lr: float = Field(1e-2, gt=0, description="Adam learning rate")
     loss: Literal["normalized_ce", "ce"] = Field(
         "normalized_ce", description="cross-entropy of scale-normalized logits (default) or of raw logits"
     )
