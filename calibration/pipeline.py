@@ -18,7 +18,9 @@ Steps (each documented in docs/calibration.md):
    for each device's estimation error) relative to the mean, kept only where a
    chi-square test says the devices differ by more than their estimation errors
    (1 % level), for the step scales and bounds (``D2D_PARAMETERS``; the shape
-   exponents are shared), c2c the mean of the per-device values.
+   exponents are shared), c2c the mean of the per-device values.  A device whose
+   estimate of a parameter has a relative standard error above 50 % (a bound its
+   data never approach) is left out of that parameter's mean and spread.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ D2D_ALPHA = 0.01  # a spread is kept when a chi-square test rejects "no spread" 
 # exponents (gamma) are shared: per device they are strongly correlated with the bounds, and
 # their spread cannot be told from estimation error (the report still lists it).
 D2D_PARAMETERS = ("dw_up", "dw_down", "w_min", "w_max")
+UNDETERMINED = 0.5  # relative standard error above which a device's estimate is left out
 
 
 class CalibrationConfig(HilModel):
@@ -313,12 +316,12 @@ def _fit_pair(
     read_sd = float(pooled.values["read_sd"][0])
     starts = [start]
     if "w_min" in fam.shape_names():
-        # each device also starts at its own extreme reads: a hard bound beyond a device's data
-        # has no gradient (the constant model would never find it from the pooled bounds), while
-        # bounds approached asymptotically (pow, exp) lie beyond the extreme reads
+        # each device starts at its own extreme reads: a hard bound beyond a device's data has
+        # no gradient (the constant model would never find it from the pooled bounds); bounds
+        # approached asymptotically (pow) lie beyond the extreme reads: those start pooled
         lo, hi = device_extremes(seq, score)
         own = dict(start, w_min=np.minimum(lo, -2e-3), w_max=np.maximum(hi, 2e-3))
-        starts = [own] if fam.kind in ("constant", "table") else [own, start]
+        starts = [start] if fam.kind == "pow" else [own]
     fits = [fit_model(fam, seq, score, st, per_device=True, read_sd_fixed=read_sd, max_nfev=max_nfev) for st in starts]
     per = fits[0] if len(fits) == 1 else best_per_device(fits, [device_nll(fam, seq, f, score) for f in fits])
     if fam.kind == "table":
@@ -349,10 +352,19 @@ def _summarize(
         pse = float(pooled.se.get(name, np.array([np.nan]))[0])
         row: dict[str, Any] = {"pooled": pv, "pooled_se": pse}
         if per is not None and (name in fam.shape_names() or name == "c2c"):
-            vals = per.values[name][device_mask]
-            ses = per.se.get(name, np.full(len(device_mask), np.nan))[device_mask]
+            all_vals = per.values[name][device_mask]
+            all_ses = per.se.get(name, np.full(len(device_mask), np.nan))[device_mask]
+            row.update(per_device=all_vals.tolist(), per_device_se=all_ses.tolist())
+            # devices whose estimate is undetermined (relative standard error above
+            # UNDETERMINED, e.g. a bound a short run never approaches) carry no information
+            # about this parameter: they are left out of its mean and spread
+            rel = np.abs(all_ses) / np.maximum(np.abs(all_vals), 1e-300)
+            use = np.isfinite(all_ses) & (rel < UNDETERMINED) if name != "c2c" else np.ones(len(all_vals), bool)
+            if not use.any():
+                use = np.ones(len(all_vals), dtype=bool)
+            vals, ses = all_vals[use], all_ses[use]
             mean = float(vals.mean())
-            row.update(per_device_mean=mean, per_device=vals.tolist(), per_device_se=ses.tolist())
+            row.update(per_device_mean=mean, devices_used=int(use.sum()))
             nominal[name] = mean
             if len(vals) >= 3 and name != "c2c":
                 finite = np.isfinite(ses) & (ses > 0)

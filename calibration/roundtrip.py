@@ -7,7 +7,8 @@ determines and how often model selection picked the true model.
 The data: a ``2 x 4`` :class:`~hil.simulated.SimulatedCrossbar` (8 devices) with
 the model's parameters, device-to-device spread (``d2d``), write noise (``c2c``)
 and read noise, characterized with :func:`hil.characterization.runner.run_protocol`
-(6 cycles of up then down pulses, 5 repeated reads per cycle; the last 2 cycles are
+(6 cycles of 110 up then 110 down pulses, enough to saturate every drawn device,
+5 repeated reads per cycle; the last 2 cycles are
 held out).  The fit uses the simulator's conductance range as its mapping, so
 fitted and true parameters are in the same units.
 
@@ -108,7 +109,7 @@ def protocol_for(kind: str) -> Any:
 
     if kind == "table":
         return PulseProtocol(n_up=140, n_down=300, cycles=6, repeated_reads=5, start_weight=-0.95)
-    return PulseProtocol(n_up=80, n_down=80, cycles=6, repeated_reads=5, start_weight=-0.9)
+    return PulseProtocol(n_up=110, n_down=110, cycles=6, repeated_reads=5, start_weight=-0.9)
 
 
 def simulate(kind: str, seed: int, workdir: str | Path) -> tuple[MeasurementSet, dict[str, np.ndarray], DeviceModel]:
