@@ -44,10 +44,10 @@ import time
 from pathlib import Path
 
 import torch
-from hil.simulated import PeripheryConfig, SimulatedCrossbar, UpdateConfig
 
 from hil.config import dump_json
 from hil.device_model import ConstantStep, DeviceModel, DeviceVariation
+from hil.simulated import PeripheryConfig, SimulatedCrossbar, UpdateConfig
 
 LR = 0.01
 DW_MIN = 0.001

@@ -38,7 +38,6 @@ import time
 from pathlib import Path
 
 import torch
-from hil.drivers.bench import BenchConfig, BenchCrossbar, BenchEmulator
 
 from hil.device_model import (
     STEP_PARAMETERS,
@@ -47,6 +46,7 @@ from hil.device_model import (
     DeviceVariation,
     SoftBoundsStep,
 )
+from hil.drivers.bench import BenchConfig, BenchCrossbar, BenchEmulator
 from hil.safety import SafetyError
 
 G_MIN_S, G_MAX_S = 1e-5, 1e-4

@@ -44,6 +44,9 @@ import time
 from typing import Any
 
 import torch
+
+from hil.config import dump_json
+from hil.datasets import load_digits_split
 from hil.drivers.chip import (
     ChipEmulator,
     ChipLink,
@@ -56,9 +59,6 @@ from hil.drivers.chip import (
     unregister_emulator,
 )
 from hil.drivers.chip.audit import audit_pulses
-
-from hil.config import dump_json
-from hil.datasets import load_digits_split
 from hil.nn import convert_to_analog
 from hil.safety import SafetyLimits
 from hil.training import TrainingController, fit, recommended_config, train_digits

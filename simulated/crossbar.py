@@ -6,14 +6,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hil.simulated.devices import DeviceArray, nominal_dw
-from hil.simulated.periphery import PeripheryConfig, analog_mvm
-from hil.simulated.pulse_trains import UpdateConfig, coincidence_counts
 from pydantic import Field
 
 from hil.backend import BackendInfo, CrossbarBackend
 from hil.config import VersionedFile
 from hil.device_model import DeviceModel
+from hil.simulated.devices import DeviceArray, nominal_dw
+from hil.simulated.periphery import PeripheryConfig, analog_mvm
+from hil.simulated.pulse_trains import UpdateConfig, coincidence_counts
 
 
 class SimulatedCrossbarConfig(VersionedFile):

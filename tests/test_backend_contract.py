@@ -11,14 +11,6 @@ import json
 
 import pytest
 import torch
-from hil.simulated import (
-    PeripheryConfig,
-    SimulatedCrossbar,
-    SimulatedCrossbarConfig,
-    UpdateConfig,
-    get_preset,
-    list_presets,
-)
 from pydantic import ValidationError
 
 from hil.backend import BackendInfo, CrossbarBackend, OperationCounts, ProgramReport
@@ -33,6 +25,14 @@ from hil.device_model import (
     PowStep,
     SoftBoundsStep,
     TableStep,
+)
+from hil.simulated import (
+    PeripheryConfig,
+    SimulatedCrossbar,
+    SimulatedCrossbarConfig,
+    UpdateConfig,
+    get_preset,
+    list_presets,
 )
 
 ROWS, COLS = 3, 5

@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from hil.backends import open_backend
+from hil.device_model import ConstantStep, DeviceModel, SoftBoundsStep
 from hil.drivers.bench import (
     BenchConfig,
     BenchCrossbar,
@@ -21,11 +24,8 @@ from hil.drivers.bench import (
     InstrumentError,
     InstrumentTimeout,
 )
-from hil.simulated import PeripheryConfig, SimulatedCrossbar
-
-from hil.backends import open_backend
-from hil.device_model import ConstantStep, DeviceModel, SoftBoundsStep
 from hil.safety import NotArmedError, SafetyError, StateUnknownError
+from hil.simulated import PeripheryConfig, SimulatedCrossbar
 
 CONFIG = Path(__file__).parent / "bench_sim" / "bench_emulated.yaml"
 CLEAN = DeviceModel(name="clean-softbounds", step=SoftBoundsStep(dw_up=0.1, dw_down=0.1))

@@ -9,6 +9,7 @@ fails at the first byte that differs.  Out-of-limit requests must send nothing
 from __future__ import annotations
 
 import pytest
+
 from hil.drivers.bench.instrument import (
     DryRunQueryError,
     InstrumentError,
@@ -19,7 +20,6 @@ from hil.drivers.bench.instrument import (
 from hil.drivers.bench.keithley707b import Keithley707B, channel_name
 from hil.drivers.bench.keithley2600b import Keithley2600B
 from hil.drivers.bench.keysight33500b import Keysight33500B
-
 from hil.safety import LimitMismatchError, SafetyError, SafetyGuard, SafetyLimits
 
 EMPTY_TSP = b"0.00000e+00\tQueue Is Empty\t0.00000e+00\t0.00000e+00\n"

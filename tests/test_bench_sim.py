@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from hil.drivers.bench.crossbar import open_visa_resource
 from hil.drivers.bench.instrument import InstrumentError, InstrumentTimeout
 from hil.drivers.bench.keithley707b import Keithley707B
 from hil.drivers.bench.keithley2600b import Keithley2600B
 from hil.drivers.bench.keysight33500b import Keysight33500B
-
 from hil.safety import SafetyError, SafetyLimits
 
 pytest.importorskip("pyvisa_sim")

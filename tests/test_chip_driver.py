@@ -7,6 +7,8 @@ import itertools
 import pytest
 import serial
 import torch
+
+from hil.backends import open_backend
 from hil.drivers.chip import (
     ChipEmulator,
     ChipError,
@@ -30,8 +32,6 @@ from hil.drivers.chip.protocol import (
     pack_limits,
 )
 from hil.drivers.chip.transports import EmulatorPtyServer, EmulatorTcpServer
-
-from hil.backends import open_backend
 from hil.safety import LimitMismatchError, NotArmedError, SafetyError, SafetyLimits
 
 IDEAL_IO = {"inp_res_bits": None, "out_res_bits": None, "out_bound": None, "out_noise": 0.0}

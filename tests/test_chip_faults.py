@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 import torch
+
 from hil.drivers.chip import (
     ChipDisconnectedError,
     ChipEmulator,
@@ -18,7 +19,6 @@ from hil.drivers.chip import (
 )
 from hil.drivers.chip.audit import audit_pulses
 from hil.drivers.chip.transports import EmulatorTcpServer
-
 from hil.safety import NotArmedError, SafetyLimits, StateUnknownError
 
 IDEAL_IO = {"inp_res_bits": None, "out_res_bits": None, "out_bound": None, "out_noise": 0.0}

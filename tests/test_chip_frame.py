@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from hil.drivers.chip.frame import (
     HEADER_SIZE,
     MAX_PAYLOAD,
@@ -31,9 +34,6 @@ from hil.drivers.chip.protocol import (
     pack_limits,
     unpack_limits,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from hil.safety import SafetyLimits
 
 frames = st.builds(

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from hil.drivers.chip import (
     ChipEmulator,
     LinkConfig,
@@ -11,9 +14,6 @@ from hil.drivers.chip import (
     SerialCrossbarConfig,
     register_emulator,
 )
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from hil.safety import SafetyError, SafetyLimits
 
 LIMITS = SafetyLimits(

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from hil.simulated import PeripheryConfig, SimulatedCrossbar
 from torch import nn
 
 from hil.nn import AnalogConv2d, AnalogLinear, analog_layers, convert_to_analog
+from hil.simulated import PeripheryConfig, SimulatedCrossbar
 
 # Ideal arrays compute x W^T in float32; the layer's noise management divides each
 # vector by its largest magnitude and multiplies it back (two more roundings).  With

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from hil.simulated import PeripheryConfig, SimulatedCrossbar
 from torch import nn
 
 from hil.robust.compensation import add_compensation
@@ -18,6 +17,7 @@ from hil.robust.deploy import (
     simulated_factory,
 )
 from hil.robust.variation import VariationConfig
+from hil.simulated import PeripheryConfig, SimulatedCrossbar
 
 TOL = 0.004
 

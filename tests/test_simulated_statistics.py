@@ -15,8 +15,6 @@ import math
 
 import pytest
 import torch
-from hil.simulated import PeripheryConfig, SimulatedCrossbar, UpdateConfig, get_preset
-from hil.simulated.pulse_trains import coincidence_counts, pulse_probabilities
 
 from hil.device_model import (
     ConstantStep,
@@ -28,6 +26,8 @@ from hil.device_model import (
     SoftBoundsStep,
     TableStep,
 )
+from hil.simulated import PeripheryConfig, SimulatedCrossbar, UpdateConfig, get_preset
+from hil.simulated.pulse_trains import coincidence_counts, pulse_probabilities
 
 K = 5.0  # sigmas for Gaussian-limit checks: two-sided tail 5.7e-7
 IDEAL = PeripheryConfig.ideal()

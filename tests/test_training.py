@@ -9,11 +9,11 @@ import math
 
 import pytest
 import torch
-from hil.simulated import PeripheryConfig, SimulatedCrossbar, UpdateConfig
 
 from hil.backend import BackendInfo, CrossbarBackend
 from hil.device_model import DeviceModel, SoftBoundsStep
 from hil.nn import AnalogLinear
+from hil.simulated import PeripheryConfig, SimulatedCrossbar, UpdateConfig
 from hil.training import TrainingConfig, TrainingController, simulated_factory
 
 

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 import torch
-from hil.simulated import PeripheryConfig, SimulatedCrossbar
 from torch import nn
 
 from hil.backend import BackendInfo, CrossbarBackend
 from hil.nn import AnalogLinear
+from hil.simulated import PeripheryConfig, SimulatedCrossbar
 from hil.training import (
     TrainingConfig,
     TrainingController,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from hil.calibration.measurements import MeasurementSet
 
+from hil.calibration.measurements import MeasurementSet
 from hil.characterization.protocol import PulseProtocol
 from hil.cli.main import cli
 from hil.device_model import DeviceModel, DeviceVariation, SoftBoundsStep

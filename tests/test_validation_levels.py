@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hil.simulated import PeripheryConfig, SimulatedCrossbar, get_preset
 
+from hil.simulated import PeripheryConfig, SimulatedCrossbar, get_preset
 from hil.validation.mvm import (
     MvmValidationConfig,
     MvmValidationReport,

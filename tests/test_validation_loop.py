@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from hil.simulated import PeripheryConfig
 
 from hil.characterization.protocol import PulseProtocol
 from hil.cli.main import cli
 from hil.device_model import DeviceModel, DeviceVariation, SoftBoundsStep
+from hil.simulated import PeripheryConfig
 from hil.validation.loop import LoopConfig, LoopResult, constant_control, run_loop
 
 

@@ -14,11 +14,11 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from hil.drivers.bench.keithley707b import MAX_COLUMN, ROWS
 from pydantic import Field, field_validator, model_validator
 
 from hil.config import HilModel, VersionedFile, atomic_write_text
 from hil.device_model import ConductanceMapping
+from hil.drivers.bench.keithley707b import MAX_COLUMN, ROWS
 from hil.safety import SafetyError, SafetyLimits
 
 

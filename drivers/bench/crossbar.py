@@ -41,13 +41,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from hil.backend import BackendInfo, CrossbarBackend
 from hil.drivers.bench.config import BenchConfig
 from hil.drivers.bench.instrument import InstrumentTimeout
 from hil.drivers.bench.keithley707b import Keithley707B
 from hil.drivers.bench.keithley2600b import Keithley2600B
 from hil.drivers.bench.keysight33500b import Keysight33500B
-
-from hil.backend import BackendInfo, CrossbarBackend
 from hil.safety import SafetyGuard
 
 #: longest wait for each confirmation inside the safe state (seconds)

@@ -44,7 +44,6 @@ from hil.drivers.bench.instrument import (
     setting,
     strict_range,
 )
-
 from hil.safety import SafetyError, SafetyGuard, SafetyLimits
 
 #: shortest pulse the TSP loop is used for (interpreter and source settling overhead)

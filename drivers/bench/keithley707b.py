@@ -31,7 +31,6 @@ from collections.abc import Iterable
 from typing import Any
 
 from hil.drivers.bench.instrument import Instrument, InstrumentError
-
 from hil.safety import SafetyError, SafetyGuard, SafetyLimits
 
 ROWS = "ABCDEFGH"

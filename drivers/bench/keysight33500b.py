@@ -42,7 +42,6 @@ from hil.drivers.bench.instrument import (
     strict_int_range,
     strict_range,
 )
-
 from hil.safety import SafetyError, SafetyGuard, SafetyLimits
 
 MIN_WIDTH_S = 16e-9

@@ -6,6 +6,7 @@ opens an in-process :class:`ChipEmulator` (module ``protocol_xbarsim``).
 """
 
 import serial
+
 from hil.drivers.chip.emulator import (
     ChipEmulator,
     EmulatorConfig,

@@ -41,6 +41,10 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
+
+from hil.config import HilModel
+from hil.device_model import DeviceModel
 from hil.drivers.chip.frame import VERSION, Frame, FrameDecoder, crc16, encode_frame
 from hil.drivers.chip.protocol import (
     INFO_FLAG_PARALLEL_UPDATE,
@@ -65,10 +69,6 @@ from hil.drivers.chip.protocol import (
     pack_limits,
     unpack_limits,
 )
-from pydantic import Field
-
-from hil.config import HilModel
-from hil.device_model import DeviceModel
 from hil.safety import SafetyLimits
 
 FaultKind = Literal[

@@ -24,7 +24,6 @@ from typing import Any
 
 from hil.drivers.chip.protocol import Window
 from hil.drivers.chip.serial_crossbar import SerialCrossbar, SerialCrossbarConfig
-
 from hil.safety import SafetyLimits
 
 

@@ -31,6 +31,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 import serial
+from pydantic import Field
+
+from hil.config import HilModel
 from hil.drivers.chip.frame import OVERHEAD, BadCrcError, Frame, FrameDecoder, encode_frame
 from hil.drivers.chip.protocol import (
     RETRYABLE,
@@ -45,9 +48,6 @@ from hil.drivers.chip.protocol import (
     unpack_applied,
     unpack_limits,
 )
-from pydantic import Field
-
-from hil.config import HilModel
 from hil.safety import SafetyError, SafetyGuard, SafetyLimits
 
 

@@ -25,6 +25,8 @@ import time
 import urllib.parse
 from typing import Any
 
+from serial.serialutil import PortNotOpenError, SerialBase, SerialException
+
 from hil.drivers.chip.emulator import (
     ChipEmulator,
     EmulatorConfig,
@@ -33,7 +35,6 @@ from hil.drivers.chip.emulator import (
     get_emulator,
     register_emulator,
 )
-from serial.serialutil import PortNotOpenError, SerialBase, SerialException
 
 
 def emulator_from_url(url: str) -> ChipEmulator:

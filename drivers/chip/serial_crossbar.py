@@ -31,6 +31,10 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
+
+from hil.backend import BackendInfo, CrossbarBackend
+from hil.config import HilModel
 from hil.drivers.chip.link import ChipLink, LinkConfig, LinkCounters, Traffic
 from hil.drivers.chip.protocol import (
     Cmd,
@@ -43,10 +47,6 @@ from hil.drivers.chip.protocol import (
     unpack_applied,
     unpack_floats,
 )
-from pydantic import Field
-
-from hil.backend import BackendInfo, CrossbarBackend
-from hil.config import HilModel
 from hil.safety import SafetyError, SafetyGuard, SafetyLimits
 
 

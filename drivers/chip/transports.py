@@ -22,6 +22,7 @@ import tty
 from collections.abc import Callable
 
 import torch
+
 from hil.drivers.chip.emulator import ChipEmulator, EmulatorDisconnected
 
 
