@@ -148,7 +148,7 @@ def choose_mapping(ms: MeasurementSet, spec: MappingSpec | None = None) -> Mappi
     normalize = spec.normalize
     if normalize == "auto":
         normalize = "per_device" if ratio > spec.auto_ratio else "pooled"
-    pct = f"{spec.percentiles[0]:g}th-{spec.percentiles[1]:g}th percentile"
+    pct = f"percentiles {spec.percentiles[0]:g} and {spec.percentiles[1]:g}"
     if normalize == "pooled" or len(ranges) == 1:
         g_min, g_max = _range(ms.conductance, spec)
         model = ConductanceMapping(kind=spec.kind, g_min_s=g_min, g_max_s=g_max, w_min=w_min, w_max=w_max)

@@ -211,3 +211,12 @@ def test_cli_protocol_and_replay(tmp_path: Path) -> None:
     assert len(back) == len(load_measurements(out))
     meta = json.loads(meta_path(rep).read_text())
     assert meta["kind"] == "replay" and meta["complete"] is True
+    rep2 = tmp_path / "rep2.csv"
+    r = runner.invoke(cli, ["characterize", "--backend", f"sim:{dev}", "--replay", str(out), "-o", str(rep2),
+                            "--no-progress", "--restart-at-holdout", "--no-compare"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(meta_path(rep2).read_text())["source"]["restarts"] == 2  # one per device
+    from hil.calibration.compare import main as compare_main
+
+    code = compare_main([str(out), str(rep), str(rep2)])
+    assert code in (0, 1)

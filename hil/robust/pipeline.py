@@ -276,9 +276,9 @@ class CorrectNetConfig(HilModel):
         return cls(
             model=model,
             bisection_steps=2,
-            n_samples=12,
-            comp_train=_comp(400, batch, 6),
-            table_train=_comp(100, batch, 4),
+            n_samples=16,
+            comp_train=_comp(600, batch, 6),
+            table_train=_comp(150, batch, 4),
             search_train=_comp(60, batch, 4),
             reward=RewardConfig(n_samples=6),
             agent=AgentConfig(episodes=600, batch_episodes=16, entropy=0.2, max_evaluations=16),

@@ -424,7 +424,7 @@ def derive(feat: Features, weights: np.ndarray, min_count: int) -> FileStats:
     )
 
 
-def bootstrap(feat: Features, n_boot: int, rng: np.random.Generator, min_count: int, chunk: int = 50) -> FileStats:
+def bootstrap(feat: Features, n_boot: int, rng: np.random.Generator, min_count: int, chunk: int = 25) -> FileStats:
     """``n_boot`` replicates of :func:`derive` with multinomial unit weights (computed in chunks)."""
     parts: list[FileStats] = []
     left = n_boot
