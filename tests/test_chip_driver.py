@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import serial
 import torch
+from chip_common import LIMITS, register_board
 
 from hil.backends import open_backend
 from hil.drivers.chip import (
@@ -18,7 +17,6 @@ from hil.drivers.chip import (
     Status,
     Window,
     WindowAllocator,
-    register_emulator,
     unregister_emulator,
 )
 from hil.drivers.chip.frame import decode_frame, encode_frame
@@ -32,25 +30,13 @@ from hil.drivers.chip.protocol import (
     pack_limits,
 )
 from hil.drivers.chip.transports import EmulatorPtyServer, EmulatorTcpServer
-from hil.safety import LimitMismatchError, NotArmedError, SafetyError, SafetyLimits
+from hil.safety import LimitMismatchError, NotArmedError, SafetyError
 
-IDEAL_IO = {"inp_res_bits": None, "out_res_bits": None, "out_bound": None, "out_noise": 0.0}
-LIMITS = SafetyLimits(
-    max_read_voltage_v=0.4,
-    max_write_voltage_v=1.5,
-    min_pulse_width_s=1e-8,
-    max_pulse_width_s=1e-6,
-    compliance_current_a=1e-4,
-    max_pulses_per_call=200,
-)
 FAST = SerialCrossbarConfig(link=LinkConfig(latency_s=0.05, poll_s=0.002))
-_names = itertools.count()
 
 
 def emulated(rows: int = 6, cols: int = 5, **kw) -> tuple[ChipEmulator, str]:
-    emu = ChipEmulator(rows=rows, cols=cols, device=kw.pop("device", "ideal"), periphery=IDEAL_IO, **kw)
-    name = f"drv{next(_names)}"
-    return emu, register_emulator(name, emu)
+    return register_board("drv", rows, cols, device=kw.pop("device", "ideal"), **kw)
 
 
 @pytest.fixture

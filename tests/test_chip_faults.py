@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
+from chip_common import IDEAL_IO, LIMITS, register_board
 
 from hil.drivers.chip import (
     ChipDisconnectedError,
@@ -15,28 +14,16 @@ from hil.drivers.chip import (
     LinkConfig,
     SerialCrossbar,
     SerialCrossbarConfig,
-    register_emulator,
 )
 from hil.drivers.chip.audit import audit_pulses
 from hil.drivers.chip.transports import EmulatorTcpServer
-from hil.safety import NotArmedError, SafetyLimits, StateUnknownError
+from hil.safety import NotArmedError, StateUnknownError
 
-IDEAL_IO = {"inp_res_bits": None, "out_res_bits": None, "out_bound": None, "out_noise": 0.0}
-LIMITS = SafetyLimits(
-    max_read_voltage_v=0.4,
-    max_write_voltage_v=1.5,
-    min_pulse_width_s=1e-8,
-    max_pulse_width_s=1e-6,
-    compliance_current_a=1e-4,
-    max_pulses_per_call=200,
-)
 FAST = SerialCrossbarConfig(link=LinkConfig(latency_s=0.03, poll_s=0.001))
-_names = itertools.count()
 
 
 def open_board(faults: FaultConfig | None = None, rows: int = 4, cols: int = 5):
-    emu = ChipEmulator(rows=rows, cols=cols, device="ideal", periphery=IDEAL_IO, faults=faults or FaultConfig())
-    url = register_emulator(f"flt{next(_names)}", emu)
+    emu, url = register_board("flt", rows, cols, faults=faults or FaultConfig())
     xb = SerialCrossbar(url, LIMITS, config=FAST)
     xb.arm()
     return emu, xb

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from chip_common import LIMITS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -14,16 +15,8 @@ from hil.drivers.chip import (
     SerialCrossbarConfig,
     register_emulator,
 )
-from hil.safety import SafetyError, SafetyLimits
+from hil.safety import SafetyError
 
-LIMITS = SafetyLimits(
-    max_read_voltage_v=0.4,  # board full scale 0.2 V per normalized input: |x| <= 2
-    max_write_voltage_v=1.5,
-    min_pulse_width_s=1e-8,
-    max_pulse_width_s=1e-6,
-    compliance_current_a=1e-4,
-    max_pulses_per_call=200,
-)
 ROWS, COLS = 4, 5
 
 
