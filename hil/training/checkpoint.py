@@ -12,11 +12,12 @@ renamed over the old one, so a crash never leaves a half-written checkpoint.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from hil.config import atomic_write
 
 CHECKPOINT_FORMAT = "crossbar-hil checkpoint"
 CHECKPOINT_VERSION = "1.0"
@@ -30,20 +31,7 @@ def save_checkpoint(path: str | os.PathLike[str], controller: Any, loop: dict[st
         "controller": controller.state_dict(),
         "loop": dict(loop or {}),
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda fh: torch.save(payload, fh), binary=True)
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
