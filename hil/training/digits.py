@@ -38,25 +38,22 @@ Network = Literal["mlp", "cnn"]
 # search in docs/training.md; the same settings are used on every point of the grid.
 RECOMMENDED: dict[str, dict[str, dict[str, Any]]] = {
     "mlp": {
-        "fp_sgd": {"lr": 0.5},
-        "analog_sgd": {"lr": 0.5},
-        "tt": {"lambda_A": 0.5, "transfer_lr": 0.1, "n_s": 2, "lr": 0.5},
-        "ttv2": {"lambda_A": 0.5, "lambda_H": 0.1, "n_s": 2, "threshold": 1.0, "lr": 0.5},
-        "cttv2": {"lambda_A": 0.5, "lambda_H": 0.1, "n_s": 2, "threshold": 1.0, "lr": 0.5, "in_chop_prob": 0.1},
-    },
-    "cnn": {
-        "fp_sgd": {"lr": 0.1},
-        "analog_sgd": {"lr": 0.1},
-        "tt": {"lambda_A": 0.1, "transfer_lr": 0.1, "n_s": 2, "lr": 0.1},
-        "ttv2": {"lambda_A": 0.1, "lambda_H": 0.1, "n_s": 2, "threshold": 1.0, "lr": 0.1},
-        "cttv2": {"lambda_A": 0.1, "lambda_H": 0.1, "n_s": 2, "threshold": 1.0, "lr": 0.1, "in_chop_prob": 0.1},
+        "fp_sgd": {"lr": 2.0, "schedule": "cosine", "final_lr_fraction": 0.0},
+        "analog_sgd": {"lr": 0.2, "schedule": "cosine", "final_lr_fraction": 0.0},
+        "tt": {"lambda_A": 1.0, "transfer_lr": 0.05, "n_s": 2, "transfer_columns": 2, "lr": 2.0,
+               "schedule": "cosine", "final_lr_fraction": 0.0},
+        "ttv2": {"lambda_A": 8.0, "lambda_H": 0.2, "n_s": 2, "transfer_columns": 2, "threshold": 1.0,
+                 "max_pulses": 2, "lr": 2.0, "schedule": "cosine", "final_lr_fraction": 0.0},
+        "cttv2": {"lambda_A": 8.0, "lambda_H": 0.2, "n_s": 2, "transfer_columns": 2, "threshold": 1.0,
+                  "max_pulses": 2, "lr": 2.0, "schedule": "cosine", "final_lr_fraction": 0.0,
+                  "in_chop_prob": 0.1},
     },
 }
-
+RECOMMENDED["cnn"] = {k: dict(v) for k, v in RECOMMENDED["mlp"].items()}
 
 # Fixed digital output factor per analog layer (effective weight = out_scale * W): the
 # same for every algorithm, so the comparison is fair.
-OUT_SCALE: dict[str, list[float]] = {"mlp": [1.0, 1.0], "cnn": [1.0, 1.0, 1.0]}
+OUT_SCALE: dict[str, list[float]] = {"mlp": [1.5, 3.0], "cnn": [1.5, 1.5, 3.0]}
 
 
 def digits_network(kind: Network = "mlp") -> nn.Module:
@@ -130,6 +127,18 @@ class DigitsResult:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def validation_split(random_state: int = 1) -> Split:
+    """The tuning split: 25 % of the digits *training* set (random_state 1) held out for
+    validation; the test set is never used for tuning."""
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits_split()
+    idx = torch.arange(d.x_train.shape[0]).numpy()
+    tr, va = train_test_split(idx, test_size=0.25, random_state=random_state)
+    tr_t, va_t = torch.from_numpy(tr), torch.from_numpy(va)
+    return Split(d.x_train[tr_t], d.y_train[tr_t], d.x_train[va_t], d.y_train[va_t])
 
 
 def _data(network: Network, split: Split | None) -> Split:
