@@ -24,6 +24,7 @@ from pydantic import Field
 
 from hil.checks import check_matrix, check_scalar, check_vectors
 from hil.config import HilModel
+from hil.safety import SafetyError
 
 BackendKind = Literal["simulated", "serial", "bench", "emulated", "other"]
 
@@ -183,10 +184,10 @@ class CrossbarBackend(abc.ABC):
         limit = self.info.max_pulses_per_call
         if limit is not None and counts.numel():
             peak = int(counts.abs().max())
-            if peak > limit:
-                raise ValueError(
+            if peak > limit:  # a hardware limit: refused like every SafetyLimits check, nothing sent
+                raise SafetyError(
                     f"{where}: |counts| up to {peak} requested, this backend accepts at most "
-                    f"{limit} pulses per device and call"
+                    f"{limit} pulses per device and call; nothing was sent"
                 )
         self.counts.pulse_calls += 1
         self.counts.pulses_requested += int(counts.abs().sum())

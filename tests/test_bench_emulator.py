@@ -200,7 +200,7 @@ def test_out_of_limit_counts_send_nothing(bench) -> None:
     sent = dict(emu.stats.commands)
     counts = torch.zeros(4, 4, dtype=torch.int64)
     counts[2, 1] = 101
-    with pytest.raises(ValueError, match="101"):  # the contract's own check, before the driver's
+    with pytest.raises(SafetyError, match="101"):  # the contract's own check, before the driver's
         xb.pulse(counts)
     with pytest.raises(SafetyError, match="update"):
         xb.update(torch.ones(1, 4), torch.ones(1, 4), lr=20.0)  # 200 pulses per device expected
@@ -272,6 +272,27 @@ def test_close_runs_the_safe_state(config: BenchConfig) -> None:
         _assert_safe(emu)
         with pytest.raises(RuntimeError, match="closed"):
             xb.read()
+
+
+def test_interpreter_exit_runs_the_safe_state(config: BenchConfig) -> None:
+    """The guard's atexit hook (what runs when a script ends without close()) opens relays, sources off."""
+    with BenchEmulator.from_config(config, CLEAN) as emu:
+        xb = BenchCrossbar(config.with_resources(emu.resources), arm=True)
+        emu.physics.closed = {("B", 1), ("C", 5)}
+        emu.generator.output = True
+        xb.guard._atexit()  # exactly what atexit calls at interpreter exit
+        _assert_safe(emu)
+        assert xb.guard.closed and not xb.guard.armed
+        xb.close()
+
+
+def test_capabilities_say_device_by_device(bench) -> None:
+    _, xb = bench
+    info = xb.info
+    assert (info.parallel_update, info.transposed_read, info.max_pulses_per_call) == (False, False, 100)
+    for op in ("read", "forward", "backward", "update", "pulse"):
+        assert info.details[op]
+    assert "batched per row" in info.details["pulse"] and info.details["dry_run"] is False
 
 
 def test_short_circuit_is_refused_and_would_read_as_compliance(bench) -> None:

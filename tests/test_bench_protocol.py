@@ -8,6 +8,8 @@ fails at the first byte that differs.  Out-of-limit requests must send nothing
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from hil.drivers.bench.instrument import (
@@ -208,15 +210,52 @@ def test_property_docs_name_command_and_units() -> None:
     assert "read back" in Keithley2600B.current_limit.__doc__
 
 
-def test_dry_run_records_writes_and_refuses_queries(limits: SafetyLimits) -> None:
+def test_dry_run_records_everything_and_answers_nominally(limits: SafetyLimits) -> None:
     guard = SafetyGuard(limits, None, name="dry", dry_run=True)
     res = ScriptedResource([])
     smu = Keithley2600B(res, limits=limits, guard=guard)
     smu.source_voltage = 0.1
-    assert [r.data for r in guard.recorded] == [b"smua.source.levelv = 1.000000e-01\n"]
+    smu.current_limit = 2e-4  # read back: the dry-run reply echoes the value written
+    assert smu.identify() == "dry-run,keithley2600b,0,0"
+    assert math.isnan(smu.read_current())  # nothing is measured
+    assert smu.source_voltage == pytest.approx(0.1)
+    smu.check_errors()
+    with pytest.raises(SafetyError):
+        smu.source_voltage = 0.6  # refused exactly as in a real run: nothing recorded
     with pytest.raises(DryRunQueryError):
-        smu.identify()
+        smu.query("print(smua.source.levelx)")  # no assumed reply: refused, not invented
+    assert [r.data for r in guard.recorded] == [
+        b"smua.source.levelv = 1.000000e-01\n",
+        b"smua.source.limiti = 2.000000e-04\n",
+        b"print(smua.source.limiti)\n",
+        b"*IDN?\n",
+        b"smua.source.output = smua.OUTPUT_ON hil_i = smua.measure.i() "
+        b"smua.source.output = smua.OUTPUT_OFF print(hil_i)\n",
+        b"print(smua.source.levelv)\n",
+        b"print(errorqueue.next())\n",
+        b"print(smua.source.levelx)\n",
+    ]
+    assert {r.label for r in guard.recorded} == {"smu"}
+    assert smu.commands_sent == 0 and smu.link.commands_recorded == len(guard.recorded)
     res.assert_done()  # nothing reached the resource
+    guard.close()
+
+
+def test_dry_run_matrix_and_generator_track_state(limits: SafetyLimits) -> None:
+    guard = SafetyGuard(limits, None, name="dry", dry_run=True)
+    m = Keithley707B(ScriptedResource([]), limits=limits, guard=guard)
+    m.route(["1A01", "1C05"])  # read back as requested
+    m.close_channels(["1B02"])
+    assert m.closed_channels() == ["1A01", "1B02", "1C05"]
+    m.open_all_verified()
+    assert m.closed_channels() == []
+    gen = Keysight33500B(ScriptedResource([]), limits=limits, guard=guard)
+    gen.configure(1.2, 1e-6, 1e-5)  # every limit read back from the echo
+    gen.set_output(True)
+    gen.fire(3)
+    assert gen.burst_count == 3 and gen.voltage_limits_enabled is True and gen.load == "inf"
+    sent = [r.data for r in guard.recorded if r.label == "pulse"]
+    assert sent[: len(_configure_script())] == [s for s, _ in _configure_script()]
     guard.close()
 
 
@@ -357,3 +396,24 @@ def test_generator_error_queue(limits: SafetyLimits) -> None:
         with pytest.raises(InstrumentError, match="Data out of range") as info:
             gen.check_errors()
     assert info.value.code == -222
+
+
+def test_generator_limit_readback_mismatch(limits: SafetyLimits) -> None:
+    """An output limit the instrument did not take (rounded, refused) is an error, not a warning."""
+    script = [
+        (b"SOUR1:VOLT:LIM:HIGH 2.000000e+00\n", None),
+        (b"SOUR1:VOLT:LIM:HIGH?\n", b"+1.00000000000000E+00\n"),
+    ]
+    with expected_protocol(Keysight33500B, script, limits=limits) as gen:
+        with pytest.raises(LimitMismatchError, match="read back"):
+            gen.voltage_limit_high = 2.0
+
+
+def test_limits_go_out_in_exponent_notation(limits: SafetyLimits) -> None:
+    """Small and large limits alike: never fixed notation (no 0.0001 vs 1e-04 ambiguity)."""
+    script = [
+        (b"smua.source.limiti = 1.000000e-09\n", None),
+        (b"print(smua.source.limiti)\n", b"1.00000e-09\n"),
+    ]
+    with expected_protocol(Keithley2600B, script, limits=limits) as smu:
+        smu.current_limit = 1e-9

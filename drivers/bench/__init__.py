@@ -24,6 +24,8 @@ from hil.drivers.bench.crossbar import BenchCrossbar
 from hil.drivers.bench.emulator import BenchEmulator, BenchWiring, EmulatorStats
 from hil.drivers.bench.factory import open_bench
 from hil.drivers.bench.instrument import (
+    DryRunQueryError,
+    DryRunResource,
     Instrument,
     InstrumentError,
     InstrumentTimeout,
@@ -46,6 +48,8 @@ __all__ = [
     "BenchCrossbar",
     "BenchEmulator",
     "BenchWiring",
+    "DryRunQueryError",
+    "DryRunResource",
     "EmulatorStats",
     "Instrument",
     "InstrumentError",

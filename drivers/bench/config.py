@@ -138,6 +138,9 @@ class BenchConfig(VersionedFile):
     )
     seed: int = Field(0, description="seed of the stochastic rounding in update()")
     arm_on_open: bool = Field(False, description="arm the safety guard when the backend opens")
+    dry_run: bool = Field(
+        False, description="open no instrument and send nothing: record every command (all checks still run)"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> BenchConfig:

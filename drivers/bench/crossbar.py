@@ -31,6 +31,14 @@ operation calls :meth:`safe_state` (generator output off, SMU output off, all
 relays open) and re-raises; a timeout during pulses marks the array state
 unknown until the next full read; :meth:`close` and interpreter exit run the
 safe state once more.
+
+Dry run (``dry_run=True`` or ``dry_run: true`` in the bench file): no VISA
+resource is opened and nothing is sent; every operation runs through the same
+checks and refuses the same values, and every command it would send (queries
+and the safe state included) is recorded in :attr:`dry_run_commands`.  Queries
+get the instruments' nominal replies (see
+:meth:`~hil.drivers.bench.instrument.Instrument.dry_run_reply`); reads return
+NaN, since nothing is measured.
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ import torch
 
 from hil.backend import BackendInfo, CrossbarBackend
 from hil.drivers.bench.config import BenchConfig
-from hil.drivers.bench.instrument import InstrumentTimeout
+from hil.drivers.bench.instrument import DryRunResource, InstrumentTimeout
 from hil.drivers.bench.keithley707b import Keithley707B
 from hil.drivers.bench.keithley2600b import Keithley2600B
 from hil.drivers.bench.keysight33500b import Keysight33500B
@@ -109,6 +117,9 @@ class BenchCrossbar(CrossbarBackend):
     resources:
         Already opened VISA resources by instrument (``smu``, ``matrix``,
         ``pulse_generator``); the config's resource names are then not opened.
+    dry_run:
+        Open nothing, send nothing: record every command in :attr:`dry_run_commands`
+        (``None``: ``config.dry_run``).  Checks and refusals are those of a real run.
     """
 
     def __init__(
@@ -118,11 +129,20 @@ class BenchCrossbar(CrossbarBackend):
         arm: bool | None = None,
         resources: dict[str, Any] | None = None,
         torch_device: str | torch.device = "cpu",
+        dry_run: bool | None = None,
     ) -> None:
         cfg = config if isinstance(config, BenchConfig) else BenchConfig.load(config)
         super().__init__(cfg.rows, cfg.cols, torch_device)
         self.config = cfg
-        self.guard = SafetyGuard(cfg.limits, self._safe_state_instruments, name=f"bench {cfg.name!r}")
+        self.dry_run = bool(cfg.dry_run if dry_run is None else dry_run)
+        if self.dry_run and resources:
+            raise ValueError(
+                f"bench {cfg.name!r}: dry run opens and uses no VISA resource, but resources "
+                f"{sorted(resources)} were given"
+            )
+        self.guard = SafetyGuard(
+            cfg.limits, self._safe_state_instruments, name=f"bench {cfg.name!r}", dry_run=self.dry_run
+        )
         self.generator = torch.Generator().manual_seed(int(cfg.seed))
         self._managers: dict[str, Any] = {}
         self._resources: dict[str, Any] = {}
@@ -149,7 +169,9 @@ class BenchCrossbar(CrossbarBackend):
             sections["pulse_generator"] = cfg.pulse_generator
         for key, sec in sections.items():
             res = given.get(key)
-            if res is None:
+            if self.dry_run:
+                res = DryRunResource(f"{key} ({sec.resource})")
+            elif res is None:
                 res = open_visa_resource(sec.resource, sec.visa_library, sec.timeout_s, self._managers)
             self._resources[key] = res
         lim = cfg.limits
@@ -348,8 +370,15 @@ class BenchCrossbar(CrossbarBackend):
     # ------------------------------------------------------------------ info
     @property
     def commands_sent(self) -> int:
-        """Commands sent to all instruments so far (writes and queries)."""
+        """Commands sent to all instruments so far (writes and queries; 0 in a dry run)."""
         return sum(inst.commands_sent for inst in self._instruments())
+
+    @property
+    def dry_run_commands(self) -> list[tuple[str, str]]:
+        """Dry run: every command that would have been sent, in order, as ``(instrument, command)``."""
+        return [
+            (r.label, r.data.decode("ascii", "replace").rstrip("\r\n")) for r in self.guard.recorded
+        ]
 
     def _info(self) -> BackendInfo:
         cfg = self.config
@@ -387,6 +416,8 @@ class BenchCrossbar(CrossbarBackend):
                 "g_max_s": c.g_max_s,
                 "commands_sent": self.commands_sent,
                 "armed": self.guard.armed,
+                "dry_run": self.dry_run,
+                "commands_recorded": len(self.guard.recorded),
             },
         )
 
@@ -405,7 +436,11 @@ class BenchCrossbar(CrossbarBackend):
         self._release()
 
     def __repr__(self) -> str:
-        return f"BenchCrossbar({self.config.name!r}, rows={self.rows}, cols={self.cols}, armed={self.guard.armed})"
+        dry = ", dry_run=True" if self.dry_run else ""
+        return (
+            f"BenchCrossbar({self.config.name!r}, rows={self.rows}, cols={self.cols}, "
+            f"armed={self.guard.armed}{dry})"
+        )
 
 
 __all__ = ["BenchCrossbar", "open_visa_resource"]

@@ -19,6 +19,14 @@ Three pieces, in the PyMeasure / QCoDeS spirit (see ``../shared/STYLE.md``):
 - :func:`expected_protocol`: the exact-exchange test harness.  It builds a
   driver on a scripted resource that checks every byte the driver writes
   against a list of ``(sent, reply)`` pairs and fails on the first difference.
+- Dry-run mode (a :class:`~hil.safety.SafetyGuard` with ``dry_run=True``):
+  every command, queries included, is recorded in ``guard.recorded`` and
+  nothing reaches the resource.  A query is answered by the driver's
+  :meth:`Instrument.dry_run_reply`: the instrument's nominal answer
+  (``*OPC?`` -> ``1``, empty error queue, a limit read back as the value just
+  written, a route read back as requested, a measurement as ``nan``: nothing
+  is measured).  A query without an assumed reply raises
+  :class:`DryRunQueryError`.
 
 Replies are decoded from ASCII and stripped of the read termination; nothing
 else is touched.
@@ -37,6 +45,7 @@ from hil.safety import LimitMismatchError, SafetyError, SafetyGuard, SafetyLimit
 
 __all__ = [
     "DryRunQueryError",
+    "DryRunResource",
     "Instrument",
     "InstrumentError",
     "InstrumentTimeout",
@@ -76,7 +85,30 @@ class InstrumentTimeout(InstrumentError):
 
 
 class DryRunQueryError(InstrumentError):
-    """A query was attempted in dry-run mode, where nothing is sent and nothing can answer."""
+    """A query in dry-run mode for which the driver has no assumed reply (nothing is sent)."""
+
+
+class DryRunResource:
+    """Stands in for a VISA resource in dry-run mode: nothing may ever reach it.
+
+    The link records every command through the guard instead of writing it, so
+    these methods are never called; if one were, that would be a bug that sends
+    to hardware, and it fails loudly instead.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.timeout = 0
+        self.closed = False
+
+    def write_raw(self, data: bytes) -> int:
+        raise RuntimeError(f"{self.name}: dry run: nothing may be sent to the instrument (tried {data!r})")
+
+    def read_raw(self) -> bytes:
+        raise RuntimeError(f"{self.name}: dry run: nothing may be read from the instrument")
+
+    def close(self) -> None:
+        self.closed = True
 
 
 # --------------------------------------------------------------------------- numbers
@@ -187,6 +219,11 @@ class Link:
         self.read_termination = read_termination
         self.commands_sent = 0
         self.queries_sent = 0
+        self.commands_recorded = 0  # dry run: recorded instead of sent
+        #: dry run: told every recorded command (to track the state it would set)
+        self.dry_observer: Callable[[str], None] | None = None
+        #: dry run: the reply assumed for a query (``None``: queries raise DryRunQueryError)
+        self.dry_replier: Callable[[str], str] | None = None
         self.log: collections.deque[tuple[bytes, bytes | None]] = collections.deque(maxlen=log_size)
         self.last_command = ""
         self._stale = False  # a query timed out: its reply may still arrive and must be discarded
@@ -204,7 +241,7 @@ class Link:
         self.last_command = command
         try:
             if self.guard is not None:
-                sent = self.guard.transmit(data, self.resource.write_raw, label=f"{self.name}: {command}")
+                sent = self.guard.transmit(data, self.resource.write_raw, label=self.name)
             else:
                 self.resource.write_raw(data)
                 sent = True
@@ -212,9 +249,13 @@ class Link:
             raise
         except Exception as exc:
             raise self._wrap(exc, command, "write") from exc
+        self.log.append((data, None))
         if sent:
             self.commands_sent += 1
-            self.log.append((data, None))
+        else:
+            self.commands_recorded += 1
+            if self.dry_observer is not None:
+                self.dry_observer(command)
 
     def query(self, command: str, timeout_s: float | None = None) -> str:
         """Send one command and return its one-line reply (termination stripped).
@@ -223,8 +264,7 @@ class Link:
         completion takes longer than a normal reply, such as a pulse burst).
         """
         if self.guard is not None and self.guard.dry_run:
-            self.write(command)  # recorded
-            raise DryRunQueryError(self.name, command, "dry-run mode: a query cannot be answered")
+            return self._dry_query(command)
         data = self._encode(command)
         self.last_command = command
         if self._stale:
@@ -257,6 +297,15 @@ class Link:
         if self.read_termination and text.endswith(self.read_termination):
             text = text[: -len(self.read_termination)]
         return text.rstrip("\r")
+
+    def _dry_query(self, command: str) -> str:
+        """Dry run: record the query (it is not sent) and return the assumed reply."""
+        self.write(command)  # recorded through the guard, and told to the observer
+        if self.dry_replier is None:
+            raise DryRunQueryError(self.name, command, "dry-run mode: nothing is sent, so nothing answers")
+        reply = self.dry_replier(command)
+        self.log[-1] = (self.log[-1][0], (reply + self.read_termination).encode("ascii"))
+        return reply
 
     def drain(self, max_replies: int = 32) -> int:
         """Read and discard replies still on the way (after a timeout); returns how many."""
@@ -471,6 +520,10 @@ class Instrument(abc.ABC):
         self.limits = limits
         self.guard = guard
         self.link = Link(resource, self.name, guard=guard)
+        #: dry run: values the recorded commands would have set (read-backs echo them)
+        self.dry_values: dict[str, str] = {}
+        self.link.dry_observer = self.dry_run_note
+        self.link.dry_replier = self.dry_run_reply
 
     # ------------------------------------------------------------- commands
     def context(self) -> dict[str, Any]:
@@ -516,6 +569,30 @@ class Instrument(abc.ABC):
     @abc.abstractmethod
     def check_errors(self) -> None:
         """Read the instrument's error queue; raise :class:`InstrumentError` if it holds errors."""
+
+    # ------------------------------------------------------------- dry run
+    def dry_run_note(self, command: str) -> None:  # noqa: B027 - optional hook
+        """Dry run: remember what a recorded command would have set (see :meth:`dry_run_reply`)."""
+
+    def dry_run_reply(self, command: str) -> str:
+        """The reply assumed for ``command`` in dry-run mode, where nothing is sent.
+
+        ``*IDN?`` -> ``dry-run,<MODEL>,0,0``; ``*OPC?`` -> ``1``; anything else is
+        up to the driver (:meth:`_dry_reply`); a query it does not know raises
+        :class:`DryRunQueryError`.
+        """
+        if command == "*IDN?":
+            return f"dry-run,{self.MODEL},0,0"
+        if command == "*OPC?":
+            return "1"
+        reply = self._dry_reply(command)
+        if reply is None:
+            raise DryRunQueryError(self.name, command, "dry-run mode: no assumed reply for this query")
+        return reply
+
+    def _dry_reply(self, command: str) -> str | None:
+        """Driver-specific assumed replies (``None``: unknown)."""
+        return None
 
     def snapshot(self) -> dict[str, Any]:
         """Every readable property, read from the instrument now (for run metadata)."""

@@ -28,10 +28,31 @@ come back as ``%.5e`` text (``1.00000e-04``).  Pulses are a TSP ``for`` loop
 ``*OPC?``; with the interpreter's overhead this suits pulses of 1 ms and
 longer (slow ECRAM/ionic devices), not the us-scale pulses of a pulse
 generator.
+
+Verification of the command strings (which source confirmed what):
+
+- read in the manual text (2600BS-901-01 Rev. F, pp. 9-244/9-245; Rev. B
+  p. 2-28; Rev. C p. 7-236): ``smuX.source.limitY`` (current compliance 10 nA
+  to 3 A on the 2601B/2602B/2604B/2611B/2612B/2614B, 100 pA to 1.5 A on the
+  2634B/2635B/2636B; a limit of 0 is error 1102 "Parameter too small"),
+  ``smuX.source.levelY``, ``print(smuX.source.compliance)`` answering
+  ``true``/``false``; the constant ``smuX.OUTPUT_DCVOLTS`` (2606B manual, same
+  command set);
+- cross-checked with PyMeasure's ``keithley2600`` driver, which sends the same
+  strings to real 2600-series SMUs: ``print(smuX.<attribute>)`` for reads,
+  ``source.levelv``, ``source.limiti``, ``source.output`` (0/1),
+  ``source.func``, ``measure.nplc`` (0.001 to 25), ``measure.autorangei``,
+  ``measure.i()``, and ``print(errorqueue.next())`` answering tab-separated
+  fields whose first is the code as a number;
+- taken from the manual's TSP reference without re-reading the page in this
+  check: ``smuX.reset()``, ``smuX.OUTPUT_ON``/``OUTPUT_OFF``,
+  ``smuX.AUTORANGE_ON``, ``errorqueue.clear()``, ``delay()``, ``*IDN?`` and
+  ``*OPC?`` (Section 11).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from hil.drivers.bench.instrument import (
@@ -52,6 +73,16 @@ TSP_PULSE_MIN_WIDTH_S = 1e-3
 MIN_CURRENT_LIMIT_A = 1e-10
 #: largest number of error-queue entries read in one check
 MAX_ERRORS_READ = 20
+#: what ``print(errorqueue.next())`` answers when the queue is empty
+EMPTY_ERROR_ENTRY = "0.00000e+00\tQueue Is Empty\t0.00000e+00\t0.00000e+00"
+
+# dry run: the assignments a recorded TSP chunk makes, and the values of the constants it uses
+_TSP_ASSIGN = re.compile(r"\b(smu[ab]\.[\w.]+)\s*=\s*(\S+)")
+_TSP_PRINT = re.compile(r"print\((smu[ab]\.[\w.]+)\)")
+_TSP_CONSTANTS = {
+    "OUTPUT_ON": 1.0, "OUTPUT_OFF": 0.0, "OUTPUT_DCVOLTS": 1.0, "OUTPUT_DCAMPS": 0.0,
+    "AUTORANGE_ON": 1.0, "AUTORANGE_OFF": 0.0,
+}
 
 
 def _parse_bool(text: str) -> bool:
@@ -190,6 +221,34 @@ class Keithley2600B(Instrument):
             errors.append((code, parts[1] if len(parts) > 1 else ""))
         if errors:
             self.raise_queue_errors(errors, skip=("print(errorqueue",))
+
+    # -------------------------------------------------------------- dry run
+    def dry_run_note(self, command: str) -> None:
+        """Dry run: track ``smuX.reset()`` and every ``smuX.<attribute> = <value>`` of a recorded chunk."""
+        if self.command("smu{ch}.reset()") in command:
+            self.dry_values.clear()
+        for key, value in _TSP_ASSIGN.findall(command):
+            const = value.rsplit(".", 1)[-1]
+            try:
+                number = _TSP_CONSTANTS[const] if const in _TSP_CONSTANTS else float(value)
+            except ValueError:
+                continue
+            self.dry_values[key] = f"{number:.5e}"
+
+    def _dry_reply(self, command: str) -> str | None:
+        """Empty error queue; ``nan`` for a current (nothing is measured); read-backs echo what was set."""
+        if command == "print(errorqueue.next())":
+            return EMPTY_ERROR_ENTRY
+        if command.endswith("print(hil_i)") or command == self.command("print(smu{ch}.measure.i())"):
+            return "nan"
+        if command == self.command("print(smu{ch}.source.compliance)"):
+            return "false"
+        m = _TSP_PRINT.fullmatch(command)
+        if m is not None:
+            reset_defaults = {self.command("smu{ch}.source.levelv"): "0.00000e+00",
+                              self.command("smu{ch}.source.output"): "0.00000e+00"}
+            return self.dry_values.get(m.group(1), reset_defaults.get(m.group(1)))
+        return None
 
     def configure_voltage_source(self, level_v: float, current_limit_a: float, nplc: float = 1.0) -> None:
         """Reset the channel and set it up as a voltage source that measures current.

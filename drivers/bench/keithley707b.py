@@ -18,6 +18,30 @@ operation": slot digit, row letter, two-digit column, e.g. ``"1A01"`` is slot
 01-12).  ``channel.close``/``exclusiveclose`` refuse ``"slotX"``/``"allslots"``;
 only ``channel.open`` accepts them.  ``*IDN?`` is a common command.
 
+Verification of the command strings (which source confirmed what):
+
+- read in the manual text (707B-901-01 Rev. B, and Rev. A where noted):
+  ``channel.close()`` (p. 7-17: appends to the closed channels; ``slotX`` or
+  ``allslots`` is an error; ``print(channel.getclose("slot1"))`` answers
+  ``1A01;1A02;...``), ``channel.exclusiveclose()`` (p. 7-22: opens every
+  channel not listed; ``slotX``/``allslots`` is an error), ``channel.open()``
+  (p. 7-33), ``channel.getclose()`` (Rev. A p. 7-27: semicolon-delimited,
+  ``nil`` when nothing is closed, ``print(channel.getclose("allslots"))`` in
+  its example), ``errorqueue.next()`` (Rev. A p. 7-86: code, message,
+  severity, node), the channel specifier (p. 2-81: slot digit, row letter,
+  two-digit column, e.g. ``1A05``, ``3C12``; channel lists are quoted strings,
+  comma-separated), and the reply termination (p. 5-27: the instrument always
+  ends its output with a line feed);
+- ``channel.open("allslots")``: the 707B pages read show ``allslots`` only
+  inside ``channel.open(channel.getclose("allslots"))``; the shared TSP channel
+  library's 3700A manual shows ``channel.open("allslots")`` verbatim, and the
+  hephy-dd ``comet`` driver for the 707B (``src/comet/driver/keithley/k707b.py``)
+  sends exactly that string;
+- ``*IDN?``: not found in the 707B manual text read; open-source drivers that
+  talk to real 707Bs send it and match its answer ("Keithley Instruments Inc.,
+  Model 707B, ..."): hephy-dd ``comet`` (``identify()``), hephy-dd
+  ``diode-measurement`` (``K707BAdapter.identify``), SweepMe! 707B driver.
+
 Wiring convention of this project: matrix **rows** (A-H) are the instrument
 side (SMU HI, pulse generator output, ground), matrix **columns** are the DUT
 side (one per array word line / bit line).  Hot switching wears relays: the
@@ -38,6 +62,9 @@ MAX_COLUMN = 12
 MAX_SLOT = 6
 MAX_ERRORS_READ = 20
 _CHANNEL = re.compile(r"^([1-6])([A-H])(\d{2})$")
+#: what ``print(errorqueue.next())`` answers when the queue is empty
+EMPTY_ERROR_ENTRY = "0.00000e+00\tQueue Is Empty\t0.00000e+00\t0.00000e+00"
+_CHANNEL_OP = re.compile(r'channel\.(exclusiveclose|close|open)\("([^"]*)"\)')
 
 
 def channel_name(slot: int, row: str, column: int) -> str:
@@ -150,6 +177,30 @@ class Keithley707B(Instrument):
             errors.append((code, parts[1] if len(parts) > 1 else ""))
         if errors:
             self.raise_queue_errors(errors, skip=("print(errorqueue",))
+
+    # -------------------------------------------------------------- dry run
+    def dry_run_note(self, command: str) -> None:
+        """Dry run: track the relays the recorded ``channel.*`` calls would leave closed."""
+        closed = set(filter(None, self.dry_values.get("closed", "").split(";")))
+        for op, arg in _CHANNEL_OP.findall(command):
+            items = {c.strip() for c in arg.split(",") if c.strip()}
+            if op == "exclusiveclose":
+                closed = items
+            elif op == "close":
+                closed |= items
+            elif items == {"allslots"}:
+                closed = set()
+            else:
+                closed -= items
+        self.dry_values["closed"] = ";".join(sorted(closed))
+
+    def _dry_reply(self, command: str) -> str | None:
+        """Empty error queue; ``channel.getclose`` answers the relays the recorded calls left closed."""
+        if command == "print(errorqueue.next())":
+            return EMPTY_ERROR_ENTRY
+        if command.endswith('print(channel.getclose("allslots"))'):
+            return self.dry_values.get("closed") or "nil"
+        return None
 
     def open_all(self) -> None:
         """``channel.open("allslots")``: every relay open (the matrix's safe state; no reply awaited)."""

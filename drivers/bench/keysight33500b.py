@@ -23,6 +23,30 @@ instrument's SCPI web help):
 ``SYSTem:ERRor?``                             error queue, ``+0,"No error"`` when empty
 ============================================  =================================================
 
+Verification of the command strings (which source confirmed what):
+
+- read in the manual text (*Agilent 33500 Series Operating and Service Guide*):
+  ``FUNCtion:PULSe:WIDTh`` (p. 69, "Pulse Waveforms": 16 ns to 1,000,000 s,
+  less than the period minus the minimum width), ``TRIGger[1|2]:SOURce BUS``,
+  ``*TRG`` and "the ``*OPC?`` query returns 1 to the output buffer when the
+  sweep or burst is complete" (p. 318, TRIGger subsystem), ``BURSt`` subsystem
+  (p. 177: the internal burst period is ignored with bus triggering);
+- ``FUNCtion:PULSe:PERiod`` (sent as ``SOUR1:FUNC:PULS:PER``, not the
+  33220A/33250A-generation ``PULSe:PERiod``): PyMeasure's ``agilent33500``
+  driver uses the same ``SOUR{ch}:FUNC:PULS:PER`` (33 ns to 1e6 s), as do the
+  33500 ``FUNC:PULS:WIDT``/``VOLT:HIGH``/``VOLT:LOW``/``OUTP{ch}:LOAD``/``BURS``
+  strings; the manual page itself was not retrieved;
+- ``VOLTage:LIMit:HIGH``/``:LOW``/``:STATe``: the hyperion ``Agilent33522A``
+  controller (a 33500-series instrument) sends ``SOUR{ch}:VOLT:LIM:HIGH``,
+  ``:LOW`` and ``:STATe`` and notes that setting the limits does not enable
+  them; a Trueform EDU33210 driver cites the same commands; the 33500 manual
+  page itself was not retrieved;
+- ``SYSTem:ERRor?`` answering ``<code>,"<message>"`` (``+0,"No error"`` when
+  empty): QCoDeS ``WaveformGenerator_33XXX`` (33522B) and hyperion; the
+  ``OUTPut{n} ON|OFF`` (answering 1/0), ``OUTPut{n}:LOAD?`` answering
+  ``9.9E+37`` for INFinity, ``BURSt:MODE TRIG``, ``BURSt:NCYCles``,
+  ``BURSt:STATe``, ``TRIGger{n}:SOURce BUS`` strings: QCoDeS and PyMeasure.
+
 The short forms (upper-case part of each keyword) are sent.  The generator
 makes unipolar pulses (low level 0 V, high level = amplitude); the bench
 backend reverses a pulse's polarity by swapping the routing in the switch
@@ -31,6 +55,7 @@ matrix, so the generator never idles at a non-zero level.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from hil.drivers.bench.instrument import (
@@ -48,6 +73,8 @@ MIN_WIDTH_S = 16e-9
 MAX_WIDTH_S = 1e6
 MAX_BURST_CYCLES = 100_000_000
 MAX_ERRORS_READ = 20
+#: dry run: one ``<header> <value>`` part of a recorded message
+_SCPI_SET = re.compile(r"([A-Z][A-Z0-9:]*) (\S+)")
 
 
 def _parse_int(text: str) -> int:
@@ -230,6 +257,39 @@ class Keysight33500B(Instrument):
             errors.append((code, msg.strip().strip('"')))
         if errors:
             self.raise_queue_errors(errors, skip=("SYST:ERR?",))
+
+    # -------------------------------------------------------------- dry run
+    def dry_run_note(self, command: str) -> None:
+        """Dry run: track every ``<header> <value>`` part of a recorded message."""
+        for part in command.split(";"):
+            m = _SCPI_SET.fullmatch(part.strip())
+            if m is not None:
+                self.dry_values[m.group(1)] = m.group(2)
+
+    def _dry_reply(self, command: str) -> str | None:
+        """``1`` for ``*OPC?``, no error, read-backs echo what was set (``*RST`` values otherwise)."""
+        part = command.split(";")[-1].strip()
+        if part == "*OPC?":
+            return "1"
+        if part == "SYST:ERR?":
+            return '+0,"No error"'
+        if not part.endswith("?"):
+            return None
+        key = part[:-1]
+        defaults = {  # *RST values of the settings the driver reads before writing them
+            self.command("SOUR{ch}:FUNC:PULS:PER"): "1e-3",
+            self.command("SOUR{ch}:FUNC:PULS:WIDT"): "1e-4",
+        }
+        value = self.dry_values.get(key, defaults.get(key))
+        if value is None:
+            return None
+        words = {"ON": "1", "OFF": "0", "INF": "+9.9E+37"}
+        if value in words:
+            return words[value]
+        try:
+            return f"{float(value):+.14E}"
+        except ValueError:
+            return value
 
     def sync(self, timeout_s: float | None = None) -> None:
         """``*OPC?``: returns once every previous command has been executed."""
