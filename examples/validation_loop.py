@@ -20,24 +20,35 @@ point, bounds, noise and spread, characterized and validated the same way; it
 must fail.  The same MVM test vectors on the chip and on the fitted simulator
 are compared too.  Options:
 
-- ``--training``: the same short TTv2 run (digits MLP, 3 seeds x 3 epochs, 2 with
-  ``--quick``; settings in ``TRAINING_OVERRIDES``) on emulated chips of the hidden
-  device, on the fitted simulator and on the control, comparing learning curves
-  (a few minutes more);
+- ``--training``: the same short training runs of the digits MLP on emulated chips
+  of the hidden device, on the fitted simulator and on the control, comparing
+  learning curves: analog SGD (8 seeds x 3 epochs, 4 seeds with ``--quick``;
+  ``SGD_OVERRIDES``), where the device model decides the learning curve, and
+  TTv2 (the same seeds, 3 epochs, 2 with ``--quick``; ``TRAINING_OVERRIDES``),
+  which is designed to be robust to it (about 10 minutes more);
 - ``--sensitivity``: the synthetic sensitivity/specificity study of
   :mod:`hil.validation.sensitivity` (20 seeds; 5 with ``--quick``);
 - ``--specificity``: real-data splits of the ferroelectric devices with several
-  runs (../shared/data/ferro-hzo-ampsweep): earlier/later and interleaved halves.
+  runs (../shared/data/ferro-hzo-ampsweep): earlier/later and interleaved halves,
+  and earlier against later runs of one pulse width;
+- ``--training-resolution``: what the analog-SGD training check resolves, on
+  simulated arrays of the hidden model against other chips of it, models with one
+  property changed and the constant-step control (about 10 minutes);
+- ``--training-from DIR``: skip the loop and compare training only, with the fitted
+  and control models of an earlier run's ``--out`` folder.
 
 Usage::
 
     python examples/validation_loop.py --quick --json loop.json
     python examples/validation_loop.py --training --sensitivity --specificity --json all.json
+    python examples/validation_loop.py --training-from validation_loop_out --json training.json
+    python examples/validation_loop.py --skip-loop --training-resolution --specificity --json extra.json
 
 JSON: ``{"passed": <fitted simulator passed>, "control_passed": <constant-step
 control passed>, "chosen_model": ..., "statistics": [{"name", "value",
 "threshold", "status", "control_value", "control_threshold", "control_status"},
-...], "mvm": {...}, "training": {"fitted": {...}, "control": {...}} | null, "sensitivity": {...} | null,
+...], "mvm": {...}, "training": {"analog_sgd": {"fitted": {...}, "control": {...}}, "ttv2": {...}} | null,
+"training_resolution": [...] | null, "sensitivity": {...} | null,
 "specificity": [...] | null, "seconds": ...}``.  One torch thread.
 """
 
@@ -91,19 +102,32 @@ def start_emulator(name: str, model: Any, rows: int, cols: int, seed: int) -> st
     return f"serial+xbarsim://{name}#limits=board"
 
 
-# The TTv2 run of the training check.  The ENODe device's symmetry point is at +0.45 of
-# its weight range: driving C there before training (reset_weights) sets every weight to
-# +0.45, which one-pulse transfers of 1/200 of the range cannot undo in 3 epochs (the run
-# stays at chance, 10 %, on chip and simulator alike, and such a comparison says nothing).
-# So C keeps its random initialization around 0, and up to 10 pulses per transfer with
-# lambda_H = 1 and a transfer after every sample suit the device's ~200 states.  The same
-# settings on both sides.
-TRAINING_OVERRIDES = {"reset_weights": False, "max_pulses": 10, "lambda_H": 1.0, "n_s": 1}
+# The TTv2 run of the training check: the tuned settings of recommended_config("ttv2")
+# (lambda_A 8, lambda_H 0.2, 2 columns per transfer, cosine schedule) with two changes
+# for the ENODe device.  Its symmetry point is at +0.45 of its weight range: driving C
+# there before training (reset_weights) sets every weight to +0.45, which transfers of
+# 1/200 of the range cannot undo in 3 epochs (the run stays at chance, 10 %, on chip
+# and simulator alike, and such a comparison says nothing), so C keeps its random
+# initialization around 0; and up to 10 pulses per transfer instead of 2 suit the
+# device's ~200 states (with 2 the run collapses to chance in the third epoch).  The
+# same settings on both sides.
+TRAINING_OVERRIDES = {"reset_weights": False, "max_pulses": 10}
+
+# The model-sensitive training check: plain analog SGD, whose updates go straight onto the
+# devices, so the up/down asymmetry and the state dependence of the steps decide the
+# learning curve (TTv2 is designed to be insensitive to them, and does not tell the
+# constant-step control from the measured device).  W keeps its random initialization
+# (reset_weights False, as above); 8 seeds x 3 epochs.
+SGD_OVERRIDES = {"reset_weights": False}
+SGD_SEEDS = list(range(8))
 
 
-def training_check(hidden: Any, fitted_path: Path, control_path: Path, quick: bool) -> dict[str, Any]:
-    """The same short TTv2 run on emulated chips of the hidden model, on the fitted simulator
-    and on the constant-step control."""
+def training_check(hidden: Any, fitted_path: Path, control_path: Path, quick: bool,
+                   algorithms: tuple[str, ...] = ("analog_sgd", "ttv2")) -> dict[str, Any]:
+    """The same short training on emulated chips of the hidden model, on the fitted simulator
+    and on the constant-step control: analog SGD (model-sensitive) and TTv2 (robust).
+
+    Returns ``{algorithm: {"fitted": report, "control": report}}``."""
     from hil.device_model import DeviceModel
     from hil.drivers.chip import (
         ChipEmulator,
@@ -122,7 +146,6 @@ def training_check(hidden: Any, fitted_path: Path, control_path: Path, quick: bo
         simulated_maker,
     )
 
-    cfg = TrainingValidationConfig(epochs=2 if quick else 3, seeds=[0, 1, 2], overrides=TRAINING_OVERRIDES)
     link_cfg = LinkConfig(latency_s=0.05, poll_s=0.002)
 
     def chip_maker(seed: int) -> Any:
@@ -133,40 +156,155 @@ def training_check(hidden: Any, fitted_path: Path, control_path: Path, quick: bo
         link.arm()
         return WindowAllocator(link, SerialCrossbarConfig(bl=31, link=link_cfg))
 
-    chip_runs = run_training(chip_maker, cfg)
     out: dict[str, Any] = {}
-    for label, path in (("fitted", fitted_path), ("control", control_path)):
-        model = DeviceModel.load(path)
-        periphery = PeripheryConfig.ideal().model_copy(update={"w_noise": model.read_noise})
-        runs = run_training(simulated_maker(model, periphery, seed_offset=1), cfg)
-        out[label] = compare_training(chip_runs, runs, cfg).model_dump(mode="json")
+    for algorithm in algorithms:
+        if algorithm == "analog_sgd":
+            cfg = TrainingValidationConfig(algorithm="analog_sgd", epochs=3,
+                                           seeds=SGD_SEEDS[:4] if quick else SGD_SEEDS, overrides=SGD_OVERRIDES)
+        else:
+            cfg = TrainingValidationConfig(algorithm=algorithm, epochs=2 if quick else 3,
+                                           seeds=SGD_SEEDS[:4] if quick else SGD_SEEDS, overrides=TRAINING_OVERRIDES)
+        t0 = time.perf_counter()
+        chip_runs = run_training(chip_maker, cfg)
+        out[algorithm] = {"chip_seconds": time.perf_counter() - t0}
+        for label, path in (("fitted", fitted_path), ("control", control_path)):
+            model = DeviceModel.load(path)
+            periphery = PeripheryConfig.ideal().model_copy(update={"w_noise": model.read_noise})
+            t0 = time.perf_counter()
+            runs = run_training(simulated_maker(model, periphery, seed_offset=1), cfg)
+            out[algorithm][label] = compare_training(chip_runs, runs, cfg).model_dump(mode="json")
+            out[algorithm][f"{label}_seconds"] = time.perf_counter() - t0
     return out
 
 
+def training_resolution(hidden: Any, quick: bool) -> list[dict[str, Any]]:
+    """What the analog-SGD training check resolves: simulated arrays of the hidden model
+    (the reference) against other chips of the same model, and against models with one
+    property changed (up/down asymmetry +-20 %, 1.5x fewer states, 2x c2c noise) and the
+    constant-step control.  Same settings as the training check, simulator only."""
+    from hil.simulated import PeripheryConfig
+    from hil.validation.loop import constant_control
+    from hil.validation.training import (
+        TrainingValidationConfig,
+        compare_training,
+        run_training,
+        simulated_maker,
+    )
+
+    cfg = TrainingValidationConfig(algorithm="analog_sgd", epochs=3,
+                                   seeds=SGD_SEEDS[:4] if quick else SGD_SEEDS, overrides=SGD_OVERRIDES)
+    periphery = PeripheryConfig.ideal().model_copy(update={"w_noise": hidden.read_noise})
+    step, var = hidden.step, hidden.variation
+
+    def changed(name: str, step_update: dict[str, float] | None = None, c2c: float | None = None) -> Any:
+        return hidden.model_copy(update={
+            "name": name,
+            "step": step.model_copy(update=step_update or {}),
+            "variation": var.model_copy(update={} if c2c is None else {"c2c": c2c}),
+        })
+
+    candidates = [
+        ("same model, chip 2", hidden, 1),
+        ("same model, chip 3", hidden, 2),
+        ("same model, chip 4", hidden, 3),
+        ("up/down asymmetry +20 % (dw_up x 1.2)", changed("asym+20", {"dw_up": step.dw_up * 1.2}), 1),
+        ("up/down asymmetry -20 % (dw_up / 1.2)", changed("asym-20", {"dw_up": step.dw_up / 1.2}), 1),
+        ("1.5x fewer states (both steps x 1.5)",
+         changed("states/1.5", {"dw_up": step.dw_up * 1.5, "dw_down": step.dw_down * 1.5}), 1),
+        ("c2c noise x 2", changed("c2c*2", c2c=2 * var.c2c), 1),
+        ("constant-step control", constant_control(hidden), 1),
+    ]
+    ref = run_training(simulated_maker(hidden, periphery), cfg)
+    rows = []
+    for label, model, offset in candidates:
+        t0 = time.perf_counter()
+        rep = compare_training(ref, run_training(simulated_maker(model, periphery, seed_offset=offset), cfg), cfg)
+        rows.append({"candidate": label, "passed": rep.passed, "seconds": time.perf_counter() - t0,
+                     "statistics": [{"name": s.name, "value": s.value, "threshold": s.threshold,
+                                     "status": s.status, "reference": s.reference, "candidate": s.candidate}
+                                    for s in rep.statistics]})
+        print(f"  {label:<40} {'PASS' if rep.passed else 'FAIL'} "
+              + ", ".join(f"{s.name} {s.value:.3g}/{s.threshold:.3g}" for s in rep.statistics), flush=True)
+    return rows
+
+
+NEIGHBOUR_RUNS = [("ID301XR1000Oct", [4], [5]), ("ID301XR1000Oct", [6, 7], [8]), ("ID301XR1000Oct", [10], [11])]
+
+
 def specificity_check() -> list[dict[str, Any]]:
-    """Earlier/later and interleaved halves of every ferroelectric device with at least 6 runs."""
+    """Splits of ferroelectric devices: earlier/later and interleaved halves of every device
+    with at least 6 runs, and the runs of one device that share a pulse width (one protocol).
+
+    The gong HfO2 file is one device and one cycle (1000 up, then 1000 down pulses): it
+    has no earlier and later cycles to split."""
     from hil.calibration.importers.base import import_measurements
     from hil.validation.compare import compare_measurements
     from hil.validation.measurements import UnusableInputError, from_loaded
-    from hil.validation.splits import split_cycles
+    from hil.validation.splits import (
+        cycle_settings,
+        same_setting_groups,
+        select_cycles,
+        split_cycles,
+    )
 
     _, res = import_measurements(SHARED / "ferro-hzo-ampsweep", "wgfmu-summary")
     m = from_loaded(res.measurements)
-    out = []
+    out: list[dict[str, Any]] = []
+
+    def run(dev: str, n_runs: int, split: str, a: Any, b: Any) -> None:
+        try:
+            rep = compare_measurements(a, b).report
+        except UnusableInputError as exc:
+            out.append({"device": dev, "runs": n_runs, "split": split, "unusable": str(exc)})
+            return
+        traj = rep.statistic("trajectory_nrmse")
+        out.append({"device": dev, "runs": n_runs, "split": split, "passed": rep.passed,
+                    "failed": rep.failed(), "evaluated": rep.n_evaluated,
+                    "trajectory_nrmse": traj.value, "trajectory_threshold": traj.threshold,
+                    "statistics": [{"name": s.name, "value": s.value, "threshold": s.threshold,
+                                    "status": s.status} for s in rep.statistics]})
+
     for dev in m.devices:
         n_runs = len(set(m.cycle[m.device == dev].tolist()))
         if n_runs < 6:
             continue
         for mode in ("halves", "interleaved"):
             a, b = split_cycles(m, dev, mode)
-            try:
-                rep = compare_measurements(a, b).report
-                out.append({"device": dev, "runs": n_runs, "split": mode, "passed": rep.passed,
-                            "failed": rep.failed(), "evaluated": rep.n_evaluated,
-                            "trajectory_nrmse": rep.statistic("trajectory_nrmse").value,
-                            "trajectory_threshold": rep.statistic("trajectory_nrmse").threshold})
-            except UnusableInputError as exc:
-                out.append({"device": dev, "runs": n_runs, "split": mode, "unusable": str(exc)})
+            run(dev, n_runs, mode, a, b)
+    # runs of one device with one pulse width: the like-for-like earlier/later split
+    for dev, (width,), cycles in same_setting_groups(cycle_settings(res.measurements, ("width_s",), digits=2)):
+        n_runs = len(set(m.cycle[m.device == dev].tolist()))
+        first, second = cycles[: len(cycles) // 2], cycles[len(cycles) // 2:]
+        run(dev, n_runs, f"width {width:g} s: {first} vs {second}",
+            select_cycles(m, dev, first, "earlier"), select_cycles(m, dev, second, "later"))
+    # neighbouring runs of ID301 with one programmed amplitude sweep (header endVoltage 3.5,
+    # 4.0 and 5.0 V) and widths within 2.5x (50/20 us; 5/2/0.5 us; 50/20 ns)
+    for dev, first, second in NEIGHBOUR_RUNS:
+        n_runs = len(set(m.cycle[m.device == dev].tolist()))
+        run(dev, n_runs, f"same sweep: {first} vs {second}",
+            select_cycles(m, dev, first, "earlier"), select_cycles(m, dev, second, "later"))
+    return out
+
+
+def print_training(tr: dict[str, Any]) -> dict[str, Any]:
+    """Print the training comparisons and return their summary."""
+    out: dict[str, Any] = {}
+    for algorithm, sides in tr.items():
+        out[algorithm] = {"chip_seconds": sides["chip_seconds"]}
+        for label in ("fitted", "control"):
+            rep = sides[label]
+            out[algorithm][label] = {
+                "passed": rep["passed"], "statistics": rep["statistics"],
+                "chip_accuracy": [r["test_accuracy"] for r in rep["reference"]],
+                "chip_loss": [r["train_loss"] for r in rep["reference"]],
+                "simulator_accuracy": [r["test_accuracy"] for r in rep["candidate"]],
+                "simulator_loss": [r["train_loss"] for r in rep["candidate"]],
+                "seconds": sides[f"{label}_seconds"],
+            }
+            print(f"training {algorithm} ({label} simulator vs chip): "
+                  f"{'PASS' if rep['passed'] else 'FAIL'} "
+                  + ", ".join(f"{s['name']} {s['value']:.3g}/{s['threshold']:.3g} {s['status']}"
+                              for s in rep["statistics"]))
     return out
 
 
@@ -176,7 +314,16 @@ def main() -> None:
     p.add_argument("--out", default="validation_loop_out", help="folder for CSVs, models and reports")
     p.add_argument("--n-up", type=int, default=100, help="up pulses per cycle (default 100)")
     p.add_argument("--n-down", type=int, default=250, help="down pulses per cycle (default 250)")
-    p.add_argument("--training", action="store_true", help="also compare a short TTv2 run")
+    p.add_argument("--training", action="store_true", help="also compare short training runs")
+    p.add_argument("--training-from", default=None, metavar="DIR",
+                   help="skip the loop: compare training with the fitted model (DIR/device.json) and "
+                   "control (DIR/control.json) of an earlier run's --out folder")
+    p.add_argument("--skip-loop", action="store_true",
+                   help="skip the closed loop: run only --training-resolution, --sensitivity, --specificity")
+    p.add_argument("--algorithms", default="analog_sgd,ttv2",
+                   help="training algorithms to compare (default analog_sgd,ttv2)")
+    p.add_argument("--training-resolution", action="store_true",
+                   help="also measure what the analog-SGD training check resolves (simulator only)")
     p.add_argument("--sensitivity", action="store_true", help="also run the synthetic sensitivity study")
     p.add_argument("--specificity", action="store_true", help="also split real ferroelectric runs")
     p.add_argument("--json", dest="json_path", default=None, help="write the summary JSON here")
@@ -184,6 +331,46 @@ def main() -> None:
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     hidden = hidden_model()
+    algorithms = tuple(a.strip() for a in args.algorithms.split(",") if a.strip())
+    summary: dict[str, Any] = {"hidden_model": hidden.name, "training": None, "training_resolution": None,
+                               "sensitivity": None, "specificity": None}
+    if args.training_from:
+        src = Path(args.training_from)
+        summary["training"] = print_training(
+            training_check(hidden, src / "device.json", src / "control.json", args.quick, algorithms))
+    elif not args.skip_loop:
+        out = Path(args.out)
+        res, control = closed_loop(hidden, args, out, summary)
+        if args.training:
+            summary["training"] = print_training(
+                training_check(hidden, Path(res.device_model), out / "control.json", args.quick, algorithms))
+    if args.training_resolution:
+        print("training resolution (analog SGD, simulated arrays of the hidden model as reference):")
+        summary["training_resolution"] = training_resolution(hidden, args.quick)
+    if args.sensitivity:
+        from hil.validation.sensitivity import sensitivity_study
+
+        sens = sensitivity_study(seeds=5 if args.quick else 20)
+        summary["sensitivity"] = sens
+        print("sensitivity (synthetic, default thresholds):")
+        for r in sens["rows"]:
+            print(f"  {r['change']:<10} failed {r['failed']:>2}/{r['seeds']}  {r['failed_statistics']}")
+    if args.specificity:
+        spec_rows = specificity_check()
+        summary["specificity"] = spec_rows
+        print("specificity (ferroelectric devices, one device split in two):")
+        for r in spec_rows:
+            verdict = r.get("unusable") or (f"{'PASS' if r['passed'] else 'FAIL'} {r['failed']} "
+                                             f"({r['evaluated']} evaluated)")
+            print(f"  {r['device']:<16} {r['runs']:>2} runs {r['split']:<24} {verdict}")
+    summary["seconds"] = time.perf_counter() - t0
+    print(f"total {summary['seconds']:.0f} s")
+    if args.json_path:
+        dump_json(args.json_path, summary)
+
+
+def closed_loop(hidden: Any, args: argparse.Namespace, out: Path, summary: dict[str, Any]) -> Any:
+    """Characterize the emulated chip, fit, simulate, validate (and the control); fills ``summary``."""
     from hil.characterization.protocol import PulseProtocol
 
     protocol = PulseProtocol(name="loop", n_up=args.n_up, n_down=args.n_down, cycles=6 if args.quick else 10,
@@ -192,7 +379,6 @@ def main() -> None:
     cm = hidden.conductance
     cfg = LoopConfig(rows=ROWS, cols=COLS, protocol=protocol, g_range_s=(cm.g_min_s, cm.g_max_s),
                      control="constant", mvm=True, progress=False)
-    out = Path(args.out)
     res = run_loop(spec, out, cfg)
     control = ValidationReport.load(out / "control_report.json")
     print(format_table(res.validation))
@@ -216,52 +402,17 @@ def main() -> None:
     mvm = res.mvm or {}
     print("MVM: " + ", ".join(f"{s['name']} {s['value']:.3g}/{s['threshold']:.3g} {s['status']}"
                               for s in mvm.get("statistics", [])))
-    summary: dict[str, Any] = {
+    summary.update({
         "passed": res.passed,
         "control_passed": control.passed,
         "chosen_model": res.chosen_model,
-        "hidden_model": hidden.name,
         "devices": ROWS * COLS,
         "protocol": protocol.model_dump(mode="json"),
         "statistics": rows,
         "mvm": {"passed": mvm.get("passed"), "statistics": mvm.get("statistics")},
-        "training": None,
-        "sensitivity": None,
-        "specificity": None,
         "loop_seconds": res.seconds,
-    }
-    if args.training:
-        tr = training_check(hidden, Path(res.device_model), out / "control.json", args.quick)
-        summary["training"] = {}
-        for label, rep in tr.items():
-            summary["training"][label] = {
-                "passed": rep["passed"], "statistics": rep["statistics"],
-                "chip_accuracy": [r["test_accuracy"] for r in rep["reference"]],
-                "simulator_accuracy": [r["test_accuracy"] for r in rep["candidate"]],
-            }
-            print(f"training ({label} simulator vs chip): "
-                  + ", ".join(f"{s['name']} {s['value']:.3g}/{s['threshold']:.3g} {s['status']}"
-                              for s in rep["statistics"]))
-    if args.sensitivity:
-        from hil.validation.sensitivity import sensitivity_study
-
-        sens = sensitivity_study(seeds=5 if args.quick else 20)
-        summary["sensitivity"] = sens
-        print("sensitivity (synthetic, default thresholds):")
-        for r in sens["rows"]:
-            print(f"  {r['change']:<10} failed {r['failed']:>2}/{r['seeds']}  {r['failed_statistics']}")
-    if args.specificity:
-        spec_rows = specificity_check()
-        summary["specificity"] = spec_rows
-        print("specificity (ferroelectric devices, one device split in two):")
-        for r in spec_rows:
-            verdict = r.get("unusable") or (f"{'PASS' if r['passed'] else 'FAIL'} {r['failed']} "
-                                             f"({r['evaluated']} evaluated)")
-            print(f"  {r['device']:<16} {r['runs']:>2} runs {r['split']:<11} {verdict}")
-    summary["seconds"] = time.perf_counter() - t0
-    print(f"total {summary['seconds']:.0f} s")
-    if args.json_path:
-        dump_json(args.json_path, summary)
+    })
+    return res, control
 
 
 if __name__ == "__main__":

@@ -52,12 +52,14 @@ def test_mvm_refuses_different_shapes() -> None:
         validate_mvm(a, b, MvmValidationConfig(program=False))
 
 
-def _runs(acc_end: float, seeds: int, noise: float, rng: np.random.Generator) -> list[TrainingRun]:
+def _runs(acc_end: float, seeds: int, noise: float, rng: np.random.Generator,
+          seed_effect: np.ndarray | None = None) -> list[TrainingRun]:
     ep = np.arange(1, 6)
     out = []
     for s in range(seeds):
-        acc = acc_end * (1 - np.exp(-ep)) + rng.normal(0, noise, ep.size)
-        loss = 2.3 * np.exp(-0.5 * ep) + rng.normal(0, noise, ep.size)
+        shift = 0.0 if seed_effect is None else float(seed_effect[s])
+        acc = acc_end * (1 - np.exp(-ep)) + shift + rng.normal(0, noise, ep.size)
+        loss = 2.3 * np.exp(-0.5 * ep) - shift + rng.normal(0, noise, ep.size)
         out.append(TrainingRun(seed=s, train_loss=loss.tolist(), test_accuracy=acc.tolist(), seconds=1.0))
     return out
 
@@ -73,6 +75,60 @@ def test_training_curves_compare() -> None:
     assert TrainingValidationReport.model_validate_json(worse.to_json()) == worse
     with pytest.raises(ValueError, match="at least 2 runs"):
         compare_training(ref[:1], ref)
+
+
+def test_training_allowance_is_inflated_for_few_seeds() -> None:
+    """Student t at the same false-failure rate: 3 + 3 seeds (4 dof) widen the allowance ~2.2x."""
+    rng = np.random.default_rng(1)
+    ref, cand = _runs(0.9, 3, 0.02, rng), _runs(0.9, 3, 0.02, rng)
+    plain = compare_training(ref, cand, TrainingValidationConfig(paired=False, small_sample=False))
+    honest = compare_training(ref, cand, TrainingValidationConfig(paired=False, small_sample=True))
+    for a, b in zip(plain.statistics, honest.statistics, strict=True):
+        assert b.value == pytest.approx(a.value)
+        assert b.allowance / a.allowance == pytest.approx(6.62 / 3.0, rel=0.02)  # t_4(0.99865) / z
+        assert "4 dof" in b.note
+
+
+def test_paired_training_comparison_cancels_the_seed_effect() -> None:
+    """Same seeds on both sides share initialization and data order: a seed effect common to
+    both sides hides a 6-point shift from the unpaired comparison, not from the paired one."""
+    rng = np.random.default_rng(2)
+    effect = rng.normal(0, 0.1, 8)
+    ref = _runs(0.85, 8, 0.005, rng, effect)
+    shifted = _runs(0.91, 8, 0.005, rng, effect)
+    same = _runs(0.85, 8, 0.005, rng, effect)
+    unpaired = compare_training(ref, shifted, TrainingValidationConfig(paired=False))
+    paired = compare_training(ref, shifted, TrainingValidationConfig(paired=True))
+    assert unpaired.passed, [(s.name, s.value, s.threshold) for s in unpaired.statistics]
+    assert not paired.passed and "final_test_accuracy" in [s.name for s in paired.statistics if s.status == "fail"]
+    assert "paired by seed" in paired.statistics[0].note
+    assert compare_training(ref, same, TrainingValidationConfig(paired=True)).passed
+    # other seeds on the candidate side: pairing does not apply
+    moved = [r.model_copy(update={"seed": r.seed + 100}) for r in shifted]
+    assert "unpaired" in compare_training(ref, moved, TrainingValidationConfig(paired=True)).statistics[0].note
+
+
+@pytest.mark.slow
+def test_analog_sgd_tells_the_measured_enode_device_from_a_constant_step_control(shared_data) -> None:
+    """The model-sensitive training check (docs/validation.md): analog SGD, 5 seeds x 3 epochs.
+    Two chips of the ENODe lookup-table device pass; the constant-step control fails on the
+    learning curve (measured: loss-curve difference 0.58 against a threshold of 0.14)."""
+    from hil.calibration.importers.base import import_measurements
+    from hil.device_model import DeviceVariation
+    from hil.validation.loop import constant_control
+
+    _, res = import_measurements(shared_data / "enode-ecram-lut", "crosssim-lut")
+    enode = res.device_model.model_copy(update={
+        "variation": DeviceVariation(c2c=0.3, d2d={"dw_up": 0.1, "dw_down": 0.1}), "read_noise": 0.004})
+    periphery = PeripheryConfig.ideal().model_copy(update={"w_noise": 0.004})
+    cfg = TrainingValidationConfig(algorithm="analog_sgd", epochs=3, seeds=[0, 1, 2, 3, 4],
+                                   overrides={"reset_weights": False})
+    ref = simulated_maker(enode, periphery)
+    same = validate_training(ref, simulated_maker(enode, periphery, seed_offset=1), cfg)
+    assert same.passed, [(s.name, s.value, s.threshold) for s in same.statistics]
+    wrong = validate_training(ref, simulated_maker(constant_control(enode), periphery, seed_offset=1), cfg)
+    assert not wrong.passed
+    assert wrong.statistics[1].name == "learning_curve_loss" and wrong.statistics[1].status == "fail"
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ training-level comparison of two backends, and the closed loop (docs/validation.
   protocol, statistic by statistic, against :class:`ValidationThresholds`;
   :class:`ValidationReport` (JSON), :func:`write_report` (Markdown + PNG).
 - :func:`validate_mvm`: the same MVM test vectors on two backends.
-- :func:`validate_training`: the same short TTv2 run on two kinds of arrays.
+- :func:`validate_training`: the same short training run (analog SGD, TTv2, ...) on two kinds of arrays.
 - :func:`run_loop` (``hil loop``): characterize -> calibrate -> simulate ->
   characterize the simulator -> validate.
 """
@@ -15,7 +15,7 @@ from hil.validation.loop import LoopConfig, LoopResult, run_loop
 from hil.validation.measurements import Measurements, UnusableInputError, load_measurements
 from hil.validation.mvm import MvmValidationConfig, MvmValidationReport, validate_mvm
 from hil.validation.report import StatisticResult, ValidationReport, format_table, write_report
-from hil.validation.splits import split_cycles
+from hil.validation.splits import cycle_settings, same_setting_groups, select_cycles, split_cycles
 from hil.validation.synthetic import measure_protocol, simulated_measurements
 from hil.validation.thresholds import THRESHOLD_REASONS, ValidationThresholds
 from hil.validation.training import (
@@ -48,6 +48,9 @@ __all__ = [
     "simulated_maker",
     "simulated_measurements",
     "split_cycles",
+    "select_cycles",
+    "cycle_settings",
+    "same_setting_groups",
     "validate_mvm",
     "validate_training",
     "write_report",
