@@ -25,6 +25,7 @@ import numpy as np
 from hil.calibration.schema import (
     CONDUCTANCE_COLUMNS,
     EXTRA_PREFIX,
+    MAX_CONDUCTANCE_S,
     MIN_PULSES_PER_DEVICE,
     OPTIONAL_COLUMNS,
     REQUIRED_COLUMNS,
@@ -180,9 +181,11 @@ class MeasurementSet:
     ) -> MeasurementSet:
         """Check the rules that involve several rows; return self, or a copy without short devices.
 
-        Raises :class:`MeasurementError` naming the source, line and problem for rows of
-        a device out of pulse order, a cycle that goes back, or (unless
-        ``drop_short_devices``) a device with fewer than ``min_pulses`` pulse rows.
+        Raises :class:`MeasurementError` naming the source, line and problem for a polarity
+        outside {-1, 0, 1}, a conductance that is not finite or implausibly large (at least
+        ``MAX_CONDUCTANCE_S``), rows of a device out of pulse order, a cycle that goes back,
+        or (unless ``drop_short_devices``) a device with fewer than ``min_pulses`` pulse rows.
+        Importers call it on the sets they build, so these rules hold for every format.
         """
         problems: list[str] = []
         pos = np.arange(len(self))
@@ -203,6 +206,17 @@ class MeasurementSet:
             problems.append(
                 f"{self.source}:{self.where(j)}: device {names[codes[j]]!r} cycle {self.cycle[j]} after "
                 f"cycle {self.cycle[i]} ({self.where(i)}); cycles must not go back along a device"
+            )
+        for i in np.nonzero(~np.isin(self.polarity, (-1, 0, 1)))[0][:5]:
+            problems.append(
+                f"{self.source}:{self.where(int(i))}: polarity must be -1, 0 or +1, found {self.polarity[i]}"
+            )
+        big = np.nonzero(~(np.abs(self.conductance) < MAX_CONDUCTANCE_S))[0]
+        for i in big[: min(5, MAX_PROBLEMS - len(problems))]:
+            problems.append(
+                f"{self.source}:{self.where(int(i))}: conductance {self.conductance[i]:g} S is not finite or not "
+                f"a plausible device conductance (>= {MAX_CONDUCTANCE_S:g} S); {len(big)} such rows "
+                "(microsiemens stored as siemens?)"
             )
         n_pulses = np.bincount(codes[self.polarity != 0], minlength=len(names))
         short = [d for d in range(len(names)) if n_pulses[d] < min_pulses]
@@ -418,6 +432,35 @@ def parse_rows(
     return data, lines, problems
 
 
+def implausible_conductance(
+    src: str, column: str, factor: float, values: np.ndarray, lines: Sequence[int] | np.ndarray
+) -> None:
+    """Refuse conductances of magnitude ``MAX_CONDUCTANCE_S`` or more (siemens after ``factor``):
+    a device of 10 ohm or less is not a memory device, and such values are nearly always
+    microsiemens in a siemens column.  The message names the first offending rows."""
+    g = np.abs(values * factor)
+    bad = np.nonzero(g >= MAX_CONDUCTANCE_S)[0]
+    if not len(bad):
+        return
+    unit = "microsiemens" if factor == 1e-6 else "siemens"
+    problems = []
+    for i in bad[:5]:
+        problems.append(
+            f"{src}:line {int(lines[i])}: {column} {values[i]:g} ({unit}) = {g[i]:g} S is not a plausible "
+            f"device conductance (>= {MAX_CONDUCTANCE_S:g} S, i.e. <= {1 / MAX_CONDUCTANCE_S:g} ohm)"
+        )
+    hint = (
+        "if the values are microsiemens, name the column conductance_us"
+        if factor == 1.0
+        else "the values of a conductance_us column must be microsiemens"
+    )
+    problems.append(
+        f"{src}: {len(bad)} of {len(values)} rows have |{column}| >= {MAX_CONDUCTANCE_S / factor:g} "
+        f"({unit}); {hint}"
+    )
+    raise MeasurementError(src, problems)
+
+
 def load_measurements(
     path: str | os.PathLike[str],
     *,
@@ -447,6 +490,7 @@ def load_measurements(
         raise MeasurementError(src, problems)
     if not lines:
         raise MeasurementError(src, [f"{src}:line {k + 2}: the file has a header but no data rows"])
+    implausible_conductance(src, gcol, factor, np.array(data[gcol], dtype=np.float64), lines)
     cols = [c.strip() for c in header]
     ms = MeasurementSet(
         device=np.array(data["device"], dtype=object),

@@ -9,11 +9,17 @@ Steps (each documented in docs/calibration.md):
 4. for every candidate step model: a pooled fit, then per-device fits, on the
    fitting rows; BIC and AIC from the per-device fit, and the held-out negative
    log-likelihood (each held-out read predicted from all earlier reads);
-5. selection: the lowest BIC among the models whose held-out NLL is within
-   ``max(2 nats, 2 standard errors of the difference)`` of the best held-out NLL (the
-   standard error by batch means, since successive reads are correlated);
-6. the chosen model is fitted again on all rows (``final_fit="all"``) or kept as
-   fitted on the fitting rows (``"train"``); nominal parameters are the mean over
+5. selection: candidates whose parameters the data do not determine are rejected
+   (:func:`undetermined_parameters`: a relative standard error above 100 %, a value at
+   a limit of the optimizer's box, or a bound of a state-dependent model more than
+   one data span beyond the reads); among the others, the lowest BIC among the
+   models whose held-out NLL is within ``max(2 nats, 2 standard errors of the
+   difference)`` of their best held-out NLL (the standard error by batch means,
+   since successive reads are correlated);
+6. the chosen model is fitted again on all rows (``final_fit="all"``; if that refit
+   leaves parameters undetermined that the fitting rows determined, the fit on the
+   fitting rows is kept and the report says so) or kept as fitted on the fitting
+   rows (``"train"``); nominal parameters are the mean over
    devices, device-to-device spread the standard deviation over devices (corrected
    for each device's estimation error) relative to the mean, kept only where a
    chi-square test says the devices differ by more than their estimation errors
@@ -64,6 +70,14 @@ D2D_ALPHA = 0.01  # a spread is kept when a chi-square test rejects "no spread" 
 # their spread cannot be told from estimation error (the report still lists it).
 D2D_PARAMETERS = ("dw_up", "dw_down", "w_min", "w_max")
 UNDETERMINED = 0.5  # relative standard error above which a device's estimate is left out
+# a bound of a state-dependent step model (softbounds, linear, pow, exp) more than this many
+# data spans beyond the fitting reads is an extrapolation the data do not determine
+BOUND_SPANS = 1.0
+# a candidate parameter whose standard error exceeds its magnitude is not told from zero by the
+# data (the degenerate fits this rejects are off by factors of 10 to 1000; weak but real signals,
+# e.g. the HfO2 step sizes under its large noise, sit at 50-90 %)
+UNDETERMINED_MODEL = 1.0
+BOX_EDGE = 1e-2  # a value within this fraction of a box limit's magnitude from it is "at" the limit
 
 
 class CalibrationConfig(HilModel):
@@ -95,6 +109,8 @@ class CandidateScore(HilModel):
     eligible: bool = True
     pooled_nll_train: float
     converged: bool
+    determined: bool = True
+    undetermined: list[str] = Field(default_factory=list)
 
 
 @dataclass
@@ -321,7 +337,16 @@ def _fit_pair(
         # approached asymptotically (pow) lie beyond the extreme reads: those start pooled
         lo, hi = device_extremes(seq, score)
         own = dict(start, w_min=np.minimum(lo, -2e-3), w_max=np.maximum(hi, 2e-3))
-        starts = [start] if fam.kind == "pow" else [own]
+        if fam.kind == "linear":
+            # a linear step's slope is dw * gamma / bound: moving the bound to the device's extreme
+            # reads keeps the pooled slope only if gamma moves with it; and a bound beyond the reads
+            # (gamma > 1: the fixed point w_max / gamma inside them) is as plausible: start from both
+            g_lo, g_hi = fam.bounds("gamma_up")
+            own["gamma_up"] = np.clip(start["gamma_up"] * own["w_max"] / start["w_max"], g_lo, 0.99 * g_hi)
+            own["gamma_down"] = np.clip(start["gamma_down"] * own["w_min"] / start["w_min"], g_lo, 0.99 * g_hi)
+            starts = [own, start]
+        else:
+            starts = [start] if fam.kind == "pow" else [own]
     fits = [fit_model(fam, seq, score, st, per_device=True, read_sd_fixed=read_sd, max_nfev=max_nfev) for st in starts]
     per = fits[0] if len(fits) == 1 else best_per_device(fits, [device_nll(fam, seq, f, score) for f in fits])
     if fam.kind == "table":
@@ -399,6 +424,62 @@ def _summarize(
         row["relative_se"] = abs(row["se"]) / abs(row["value"]) if row["value"] else float("inf")
         table[name] = row
     return nominal, d2d, table
+
+
+def undetermined_parameters(
+    fam: Family,
+    table: dict[str, dict[str, Any]],
+    data_range: tuple[float, float],
+    free: set[str] | None = None,
+) -> list[str]:
+    """Why a fitted candidate is not determined by the data (empty: it is).
+
+    ``table`` is :func:`_summarize`'s parameter table (the values that go into the device
+    model, with their standard errors); ``free`` the parameters that were fitted (others,
+    e.g. the scales of a single-device table, are fixed and skipped).  Checked parameters: every step parameter of
+    ``softbounds``, ``linear``, ``pow`` and ``exp`` (their bounds shape the step, so they
+    must be determined even where the reads never reach them); the step scales of
+    ``constant`` and ``table`` (their bounds are hard clamps, set at the extreme reads when
+    the data never reach them; a table's nodes sit on the visited states).  Rules:
+
+    - relative standard error above ``UNDETERMINED_MODEL`` (100 %: the data do not tell the
+      value from zero; an exponent's error is compared with ``max(|gamma|, 1)``), or not finite;
+    - at a limit of the optimizer's search box (within ``BOX_EDGE`` of the limit's magnitude;
+      the lower limit 0 of a ``pow``/``linear`` exponent is a legitimate value);
+    - a bound of a state-dependent model more than ``BOUND_SPANS`` data spans beyond the
+      fitting reads (0.5th to 99.5th percentile): an extrapolation, not a measurement.
+    """
+    kind = fam.kind
+    names = ("dw_up", "dw_down") if kind in ("constant", "table") else tuple(fam.names)
+    lo_d, hi_d = data_range
+    span = max(hi_d - lo_d, 1e-12)
+    out: list[str] = []
+    for name in names:
+        row = table.get(name)
+        if row is None or (free is not None and name not in free):
+            continue
+        v = float(row["value"])
+        se = row.get("se")
+        # exponents are compared with max(|gamma|, 1): gamma 0 is a legitimate value (pow/linear/exp
+        # reduce to a simpler model there) whose relative error would be infinite
+        ref = max(abs(v), 1.0) if name.startswith("gamma") else abs(v)
+        rel = abs(float(se)) / ref if se is not None and ref != 0 else float("inf")
+        if not np.isfinite(rel) or rel > UNDETERMINED_MODEL:
+            out.append(f"{name} = {v:.4g} with standard error {float(se) if se is not None else float('nan'):.3g} "
+                       f"({'not finite' if not np.isfinite(rel) else f'{rel:.0%} of ' + ('max(|value|, 1)' if name.startswith('gamma') else 'the value')})")
+            continue
+        b_lo, b_hi = fam.bounds(name)
+        natural_zero = name.startswith("gamma") and kind in ("pow", "linear") and b_lo == 0.0
+        at_hi = v >= b_hi - BOX_EDGE * max(abs(b_hi), 1e-9)
+        at_lo = v <= b_lo + BOX_EDGE * max(abs(b_lo), 1e-9) and not natural_zero
+        if at_hi or at_lo:
+            out.append(f"{name} = {v:.4g} at the limit of the search box [{b_lo:g}, {b_hi:g}]")
+            continue
+        if name == "w_min" and v < lo_d - BOUND_SPANS * span:
+            out.append(f"w_min = {v:.4g}, more than {BOUND_SPANS:g} data span(s) below the lowest reads ({lo_d:.3g})")
+        elif name == "w_max" and v > hi_d + BOUND_SPANS * span:
+            out.append(f"w_max = {v:.4g}, more than {BOUND_SPANS:g} data span(s) above the highest reads ({hi_d:.3g})")
+    return out
 
 
 def build_device_model(
@@ -542,6 +623,8 @@ def _calibrate(ms: MeasurementSet, config: CalibrationConfig | None, fmt: str) -
     scores: dict[str, CandidateScore] = {}
     held_nll: dict[str, np.ndarray] = {}
     order = [k for k in ("constant", "softbounds", "linear", "pow", "exp", "table") if k in kinds]
+    y_train = seq.y[train]
+    data_range = (float(np.percentile(y_train, 0.5)), float(np.percentile(y_train, 99.5)))
     for kind in order:
         t1 = time.perf_counter()
         fam = _family(kind, seq, train, cfg.table_nodes)
@@ -570,10 +653,30 @@ def _calibrate(ms: MeasurementSet, config: CalibrationConfig | None, fmt: str) -
             pooled_nll_train=pooled.nll,
             converged=bool(pooled.success and (per is None or per.success)),
         )
+        _, _, cand_table = _summarize(fam, pooled, per, seq.device_rows(train))
+        free = set(pooled.se) | (set(per.se) if per is not None else set())
+        why = undetermined_parameters(fam, cand_table, data_range, free)
+        scores[kind].determined = not why
+        scores[kind].undetermined = why
         timing[f"fit_{kind}"] = time.perf_counter() - t1
-    # ---- selection
-    if len(order) > 1 and any(len(v) for v in held_nll.values()):
-        best_h = min(order, key=lambda k: held_nll[k].sum())
+    # ---- selection: candidates the data do not determine are rejected first
+    selection_notes: list[str] = []
+    usable = [k for k in order if scores[k].determined]
+    for k in order:
+        if not scores[k].determined:
+            what = "rejected" if cfg.model == "auto" and len(order) > 1 else "WARNING: the requested model"
+            selection_notes.append(
+                f"{what} {k}: parameters not determined by the data: " + "; ".join(scores[k].undetermined)
+            )
+    if not usable:
+        usable = list(order)
+        if len(order) > 1:
+            selection_notes.append(
+                "no candidate has all its parameters determined by the data: selected among all of them; "
+                "the protocol should drive the devices across their range (both directions)"
+            )
+    if len(usable) > 1 and any(len(held_nll[k]) for k in usable):
+        best_h = min(usable, key=lambda k: held_nll[k].sum())
         for k in order:
             diff = held_nll[k] - held_nll[best_h]
             se = batch_means_se(diff)
@@ -581,9 +684,9 @@ def _calibrate(ms: MeasurementSet, config: CalibrationConfig | None, fmt: str) -
             s = scores[k]
             s.heldout_margin = margin
             s.eligible = bool(diff.sum() <= margin)
-        chosen = min((k for k in order if scores[k].eligible), key=lambda k: scores[k].bic)
+        chosen = min((k for k in usable if scores[k].eligible), key=lambda k: scores[k].bic)
     else:
-        chosen = min(order, key=lambda k: scores[k].bic)
+        chosen = min(usable, key=lambda k: scores[k].bic)
     fam = fams[chosen]
     device_mask = seq.device_rows(train)
     # ---- models on the fitting rows and on all rows
@@ -592,18 +695,36 @@ def _calibrate(ms: MeasurementSet, config: CalibrationConfig | None, fmt: str) -
     description = f"{chosen} step model fitted to {ms.source}"
     train_model = build_device_model(fam, nominal_t, d2d_t, mapping, cfg.name, description + " (fitting rows)")
     t2 = time.perf_counter()
+    refit_kept = True
     if cfg.final_fit == "all" and held.any():
         start = {k: v[0] for k, v in train_pooled.values.items()}
         final_pooled, final_per = _fit_pair(fam, seq, all_rows, [start], read_fixed, cfg.max_nfev)
-        device_mask = seq.device_rows(all_rows)
+        all_mask = seq.device_rows(all_rows)
+        _, _, refit_table = _summarize(fam, final_pooled, final_per, all_mask)
+        free = set(final_pooled.se) | (set(final_per.se) if final_per is not None else set())
+        y_all = seq.y[all_rows]
+        why = undetermined_parameters(
+            fam, refit_table, (float(np.percentile(y_all, 0.5)), float(np.percentile(y_all, 99.5))), free
+        )
+        if why and scores[chosen].determined:
+            # the refit on all rows lost what the fitting rows determined: keep the fit on the fitting rows
+            selection_notes.append(
+                f"the refit of {chosen} on all rows left parameters undetermined ({'; '.join(why)}): "
+                "the model fitted on the fitting rows is kept"
+            )
+            final_pooled, final_per = train_pooled, train_per
+            refit_kept = False
+        else:
+            device_mask = all_mask
     else:
         final_pooled, final_per = train_pooled, train_per
+        refit_kept = cfg.final_fit == "all"
     timing["final_fit"] = time.perf_counter() - t2
     nominal, d2d, table = _summarize(fam, final_pooled, final_per, device_mask)
     model = build_device_model(fam, nominal, d2d, mapping, cfg.name, description)
     summary = model_summary(model)
     scale = float(mapping.scale()[0])
-    notes = list(ms.notes)
+    notes = list(ms.notes) + selection_notes
     if unit == "pulses":
         notes.append(
             "every device has a single cycle: the held-out rows are the last "
@@ -624,7 +745,11 @@ def _calibrate(ms: MeasurementSet, config: CalibrationConfig | None, fmt: str) -
         "inputs": ms.inputs,
         "format": fmt,
         "chosen_model": chosen,
-        "selection": "auto: lowest BIC among models within the held-out margin" if cfg.model == "auto" else "given",
+        "selection": (
+            "auto: lowest BIC among the determined models within the held-out margin"
+            if cfg.model == "auto"
+            else "given"
+        ),
         "score": {
             "bic": scores[chosen].bic,
             "aic": scores[chosen].aic,
@@ -633,6 +758,7 @@ def _calibrate(ms: MeasurementSet, config: CalibrationConfig | None, fmt: str) -
             "heldout_unit": unit,
         },
         "candidates": [s.model_dump() for s in scores.values()],
+        "fitted_on": "all rows" if refit_kept or not held.any() else "fitting rows only",
         "mapping": mapping.provenance(),
         "read_noise": read_info,
         "devices": len(ms.devices),

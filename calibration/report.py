@@ -89,13 +89,24 @@ def text_summary(cal: Calibration, reference: dict[str, Any] | None = None) -> s
     lines.append(f"read noise: {cal.read_noise['method']}")
     lines.append("")
     lines.append("model selection (per-device fits on the fitting rows; held-out NLL: each read predicted from all earlier ones)")
-    lines.append(f"  {'model':<11}{'k':>5}{'NLL fit':>12}{'BIC':>12}{'AIC':>12}{'NLL held-out':>14}{'margin':>9}  eligible")
+    lines.append(
+        f"  {'model':<11}{'k':>5}{'NLL fit':>12}{'BIC':>12}{'AIC':>12}{'NLL held-out':>14}{'margin':>9}"
+        "  determined  eligible"
+    )
     for c in cal.candidates:
         mark = "  <- chosen" if c.model == cal.chosen else ""
         lines.append(
             f"  {c.model:<11}{c.k:>5}{c.nll_train:>12.1f}{c.bic:>12.1f}{c.aic:>12.1f}"
-            f"{_fmt(c.nll_heldout, 7):>14}{_fmt(c.heldout_margin, 3):>9}  {'yes' if c.eligible else 'no'}{mark}"
+            f"{_fmt(c.nll_heldout, 7):>14}{_fmt(c.heldout_margin, 3):>9}  {'yes' if c.determined else 'NO':<10}"
+            f"  {'yes' if c.eligible else 'no'}{mark}"
         )
+    for c in cal.candidates:
+        if not c.determined:
+            lines.append(f"  {c.model} not determined by the data: " + "; ".join(c.undetermined))
+    lines.append(
+        "  chosen: the lowest BIC among determined models whose held-out NLL is within the margin of the best "
+        "determined model's"
+    )
     lines.append("")
     lines.append(f"chosen: {cal.chosen} (normalized weight units; siemens via the mapping)")
     scale = float(mp.scale()[0])

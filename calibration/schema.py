@@ -29,7 +29,9 @@ column              required  meaning
 Optional first lines starting with ``#`` carry metadata as ``# key: value``;
 ``# schema_version: 1.0`` pins the version (files without it are read as 1.0).
 Conductance may be negative only for differential (``G+ - G-``) or offset-removed
-data; it must be finite.  Rows of one device must appear in pulse order (they
+data; it must be finite, and its magnitude below ``MAX_CONDUCTANCE_S`` (0.1 S, a
+10-ohm device): larger values are refused as implausible, which catches
+microsiemens written into a siemens column (name such a column ``conductance_us``).  Rows of one device must appear in pulse order (they
 are replayed in file order); devices may interleave.
 """
 
@@ -59,6 +61,9 @@ OPTIONAL_COLUMNS: dict[str, str] = {
 }
 EXTRA_PREFIX = "x_"
 MIN_PULSES_PER_DEVICE = 5
+# |conductance| at or above this (siemens; a 10-ohm device) is refused as implausible: such
+# values are almost always microsiemens (or millisiemens) in a siemens column
+MAX_CONDUCTANCE_S = 0.1
 
 
 class MeasurementRow(HilModel):

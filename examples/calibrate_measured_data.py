@@ -1,4 +1,4 @@
-"""Calibrate the three shared measured data sets and print the figures of docs/results_calibration.md.
+"""Calibrate the three shared measured data sets and print the figures of docs/results.md (calibration).
 
     python examples/calibrate_measured_data.py [--data ../shared/data] [--out runs/calibration]
                                                [--json PATH] [--quick]
@@ -100,6 +100,23 @@ def step_table(model: DeviceModel, ws: list[float]) -> dict[str, list[float]]:
     return {"up": arr.delta_up(w)[0].tolist(), "down": arr.delta_down(w)[0].tolist()}
 
 
+def msq_change(ms_list: list[Any], ks: tuple[int, ...] = (1, 10, 100)) -> dict[int, float]:
+    """Mean square change over ``k`` pulses within each contiguous sweep, averaged over the sets
+    given (the measured file, or the replayed copies): grows like ``k`` for accumulating
+    (write) noise and saturates for noise that does not accumulate."""
+    out = {}
+    for k in ks:
+        vals = []
+        for ms in ms_list:
+            starts = np.nonzero(ms.segment_starts())[0].tolist() + [len(ms)]
+            for a, b in zip(starts[:-1], starts[1:], strict=True):
+                g = ms.conductance[a:b]
+                if len(g) > k:
+                    vals.append((g[k:] - g[:-k]) ** 2)
+        out[k] = float(np.mean(np.concatenate(vals))) if vals else float("nan")
+    return out
+
+
 def run_set(name: str, path: Path, out: Path, cfg: CalibrationConfig, in_sample: bool, fmt: str = "auto",
             fit_samples: bool = False) -> dict[str, Any]:
     t0 = time.perf_counter()
@@ -132,7 +149,8 @@ def run_set(name: str, path: Path, out: Path, cfg: CalibrationConfig, in_sample:
     print(f"{len(ms)} rows, {len(ms.devices)} devices; calibrate {t_cal:.1f} s (torch and BLAS 1 thread); chosen {cal.chosen}")
     for c in cal.candidates:
         print(f"  {c.model:<11} BIC {c.bic:>11.1f}  held-out NLL {c.nll_heldout if c.nll_heldout is not None else float('nan'):>10.1f}"
-              f"  {'eligible' if c.eligible else '-'}{'  <- chosen' if c.model == cal.chosen else ''}")
+              f"  {('eligible' if c.eligible else '-') if c.determined else 'rejected (undetermined)'}"
+              f"{'  <- chosen' if c.model == cal.chosen else ''}")
     print(format_metrics(cal.replay, f"held-out replay ({cal.heldout_unit}), model fitted on the fitting rows:"))
     if in_sample:
         reps = replay_copies(run.model, ms, cal.mapping, cal.replay["replays"])
@@ -197,6 +215,17 @@ def main(argv: list[str] | None = None) -> int:
     cmp["summary"] = sym
     reps = replay_copies(ref, cal.measurements, cal.mapping, 64)
     cmp["aihwkit_in_sample_replay"] = {k: v for k, v in replay_metrics(cal.measurements, reps).items() if k != "per_device"}
+    ours_reps = replay_copies(ours, cal.measurements, cal.mapping, 64)
+    cmp["ours_in_sample_replay"] = {k: v for k, v in replay_metrics(cal.measurements, ours_reps).items()
+                                    if k != "per_device"}
+    # the file is in units of 1e-6 S here (g per unit): mean square change in file units^2
+    unit2 = 1e-12
+    cmp["mean_square_change"] = {
+        label: {k: v / unit2 for k, v in msq_change(sets).items()}
+        for label, sets in (("measured", [cal.measurements]), ("ours", ours_reps), ("aihwkit", reps))
+    }
+    cmp["parameters_file_units"] = {k: getattr(ours.step, k) for k in ours.step.parameters}
+    cmp["c2c"] = ours.variation.c2c
     results["hfo2_vs_aihwkit"] = cmp
     print("\n--- HfO2 fit in the file's units vs aihwkit ReRamESPresetDevice (mean step at w = -0.5, 0, +0.5)")
     print(f"  ours ({cal.chosen}): up {np.round(cmp['ours_steps']['up'], 5)}, down {np.round(cmp['ours_steps']['down'], 5)}")
@@ -205,7 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  non-accumulating noise: ours (read) {ours.read_noise:.4f}, aihwkit (write_noise) {75 * 0.00135:.4f}")
     print(f"  symmetry point / dw_min / states: ours {sym['ours']}, aihwkit {sym['aihwkit']}")
     print(f"  NLL on all {all_rows.sum()} reads (our filter): ours {n_ours:.1f}, aihwkit {n_ref:.1f}")
+    print(f"  ours ({cal.chosen}) in file units: {cmp['parameters_file_units']}, c2c {ours.variation.c2c:.4g}")
     print(format_metrics(cmp["aihwkit_in_sample_replay"], "  aihwkit preset replayed in-sample (64 copies):"))
+    print(format_metrics(cmp["ours_in_sample_replay"], f"  ours ({cal.chosen}, file units) replayed in-sample (64 copies):"))
+    print("  mean square change over k pulses within a sweep (file units^2; accumulating noise grows with k):")
+    for label, v in cmp["mean_square_change"].items():
+        print(f"    {label:<9} " + "  ".join(f"k={k}: {x:.4f}" for k, x in v.items()))
 
     # ---- ferroelectric amplitude sweeps (the largest set: the timing target)
     results["ferro"] = run_set("ferro", args.data / "ferro-hzo-ampsweep", args.out,

@@ -205,3 +205,80 @@ def test_roundtrip_every_model_ten_seeds(kind: str, tmp_path: Path, shared_data:
     assert not failures, failures
     summary = {"model": kind, "picked": picked, "max_error": max(c.max_error for c in comps if c.chosen == kind)}
     print(json.dumps(summary))
+
+
+def _partial_range_measurements(shared_data: Path, tmp_path: Path) -> tuple[Path, tuple[float, float]]:
+    """The ENODe table device (c2c, d2d, read noise) driven only part of its range: 100 up
+    pulses but 100 down pulses, which bring it back only to about mid range (the lower bound
+    is never approached): the protocol that made ``auto`` pick a degenerate ``pow`` fit."""
+    from hil.calibration.importers.base import import_measurements
+    from hil.calibration.mapping import Mapping
+    from hil.characterization import PulseProtocol, run_protocol
+    from hil.device_model import DeviceVariation
+    from hil.simulated import PeripheryConfig
+
+    _, res = import_measurements(shared_data / "enode-ecram-lut", "crosssim-lut")
+    assert res.device_model is not None
+    model = res.device_model.model_copy(update={
+        "variation": DeviceVariation(c2c=0.3, d2d={"dw_up": 0.1, "dw_down": 0.1}), "read_noise": 0.004})
+    sim = SimulatedCrossbar(1, 4, device=model, periphery=PeripheryConfig.ideal().model_copy(update={"w_noise": 0.004}),
+                            seed=3)
+    out = tmp_path / "partial.csv"
+    assert model.conductance is not None
+    run_protocol(sim, PulseProtocol(n_up=100, n_down=100, cycles=3, repeated_reads=5), Mapping(model=model.conductance),
+                 out, progress=False)
+    return out, (model.conductance.g_min_s, model.conductance.g_max_s)
+
+
+def test_selection_rejects_fits_the_data_do_not_determine(shared_data: Path, tmp_path: Path) -> None:
+    """A protocol that does not drive the devices across their range: ``pow`` fits a lower
+    bound far outside the data with standard errors 10^3-10^4 times its values; selection
+    rejects it (and says why) and falls back to a determined model; asked for explicitly, it is
+    fitted with a warning."""
+    from hil.calibration.measurements import load_measurements
+
+    path, g_range = _partial_range_measurements(shared_data, tmp_path)
+    ms = load_measurements(path)
+    # the table device's conductance range (its mapping), as the validation loop passes it
+    cfg = CalibrationConfig(candidates=["constant", "pow"], mapping=MappingSpec(g_range=g_range))
+    cal = calibrate(ms, cfg)
+    score = {c.model: c for c in cal.candidates}
+    assert not score["pow"].determined and score["pow"].undetermined
+    assert any("w_min" in why for why in score["pow"].undetermined), score["pow"].undetermined
+    assert score["constant"].determined
+    assert cal.chosen == "constant"
+    assert any(n.startswith("rejected pow: parameters not determined by the data") for n in cal.notes)
+    assert [c for c in cal.model.provenance["candidates"] if c["model"] == "pow"][0]["determined"] is False
+    from hil.calibration.report import text_summary
+
+    assert "pow not determined by the data" in text_summary(cal)
+    forced = calibrate(ms, cfg.model_copy(update={"model": "pow"}))
+    assert forced.chosen == "pow"
+    assert any(n.startswith("WARNING: the requested model pow") for n in forced.notes)
+
+
+def test_undetermined_parameter_rules() -> None:
+    """The rules one by one: relative standard error, box limits, bounds beyond the data."""
+    from hil.calibration.pipeline import undetermined_parameters
+
+    def table(**kw: tuple[float, float]) -> dict[str, dict[str, float]]:
+        return {k: {"value": v, "se": se} for k, (v, se) in kw.items()}
+
+    ok = table(dw_up=(0.05, 0.001), dw_down=(0.04, 0.001), w_min=(-1.0, 0.01), w_max=(1.0, 0.01),
+               gamma_up=(1.5, 0.05), gamma_down=(0.0, 0.01))
+    assert undetermined_parameters(Family("pow"), ok, (-1.0, 1.0)) == []  # gamma 0 of pow is a value
+    # the degenerate pow of the partial-range protocol
+    bad = dict(ok, **table(w_min=(-19.73, 8.9e4), dw_up=(0.107, 479.0)))
+    why = undetermined_parameters(Family("pow"), bad, (-0.25, 1.0))
+    assert len(why) == 2 and "w_min = -19.73" in why[1] and "standard error" in why[1]
+    # weak but real (the HfO2 step sizes: 50-90 % relative standard error) is kept
+    assert undetermined_parameters(Family("softbounds"), dict(ok, **table(dw_up=(0.001, 0.0009))), (-1, 1)) == []
+    # at the limit of the search box, or far beyond the data
+    assert "search box" in undetermined_parameters(Family("pow"), dict(ok, **table(gamma_up=(29.9, 0.1))), (-1, 1))[0]
+    far = undetermined_parameters(Family("softbounds"), dict(ok, **table(w_min=(-5.2, 0.5))), (-0.25, 1.0))
+    assert far and "below the lowest reads" in far[0]
+    # hard bounds of constant (a clamp set at the extreme reads) are not checked; fixed parameters skipped
+    assert undetermined_parameters(Family("constant"), dict(ok, **table(w_min=(-5.2, 50.0))), (-0.25, 1.0)) == []
+    nan_se = dict(ok, **table(dw_up=(1.0, float("nan"))))
+    assert undetermined_parameters(Family("softbounds"), nan_se, (-1, 1), free={"dw_down", "w_min", "w_max"}) == []
+    assert "not finite" in undetermined_parameters(Family("softbounds"), nan_se, (-1, 1))[0]

@@ -86,6 +86,37 @@ def test_malformed_input_names_file_line_and_problem(tmp_path: Path, text: str, 
     assert needle in msg
 
 
+def test_microsiemens_in_a_siemens_column_is_refused(tmp_path: Path) -> None:
+    """Values like 12.5 in ``conductance`` (siemens) are microsiemens: refused, naming the rows."""
+    text = HEADER + _rows().replace("e-06", "")
+    p = _write(tmp_path, text)
+    with pytest.raises(MeasurementError) as info:
+        load_measurements(p)
+    msg = str(info.value)
+    assert f"{p}:line 2: conductance 1 (siemens) = 1 S is not a plausible device conductance" in msg
+    assert "32 of 32 rows" in msg and "name the column conductance_us" in msg
+    # the same numbers under the microsiemens name load, and a conductance_us column holding
+    # values of 0.1 S or more is refused too
+    assert load_measurements(_write(tmp_path, text.replace("conductance", "conductance_us"), "us.csv"))
+    big = HEADER.replace("conductance", "conductance_us") + _rows().replace("e-06", "e+06")
+    with pytest.raises(MeasurementError, match=r"line 2: conductance_us 1e\+06 \(microsiemens\) = 1 S"):
+        load_measurements(_write(tmp_path, big, "big.csv"))
+
+
+def test_check_applies_the_row_rules_to_sets_built_in_memory() -> None:
+    """An importer's set is checked like a file: bad polarity, NaN, microsiemens as siemens."""
+    base = dict(device=["a"] * 6, cycle=[0] * 6, pulse=range(6), source="plugin.dat")
+    ok = MeasurementSet(polarity=[1, 1, 1, -1, -1, -1], conductance=np.full(6, 1e-6), **base)
+    assert ok.check() is ok
+    bad = MeasurementSet(polarity=[1, 1, 3, -1, -1, -1], conductance=[1e-6, np.nan, 1e-6, 2.0, 1e-6, 1e-6], **base)
+    with pytest.raises(MeasurementError) as info:
+        bad.check()
+    msg = str(info.value)
+    assert "plugin.dat:row 2: polarity must be -1, 0 or +1, found 3" in msg
+    assert "plugin.dat:row 1: conductance nan S is not finite" in msg
+    assert "plugin.dat:row 3: conductance 2 S" in msg
+
+
 def test_too_few_pulses_is_an_error_or_a_counted_exclusion(tmp_path: Path) -> None:
     text = HEADER + _rows(n_dev=1) + "short,0,0,1,1e-6\nshort,0,1,-1,1e-6\nshort,0,2,0,1e-6\n"
     p = _write(tmp_path, text)

@@ -220,3 +220,35 @@ def test_cli_protocol_and_replay(tmp_path: Path) -> None:
 
     code = compare_main([str(out), str(rep), str(rep2)])
     assert code in (0, 1)
+
+
+def test_replay_metrics_noise_floor_and_amplitude_groups() -> None:
+    """The figures of merit: a replay of the exact mean scores ~0; one noisy realization scores
+    about the noise floor; amplitude groups split the step spread by |amplitude|."""
+    from hil.calibration.compare import replay_metrics
+    from hil.calibration.measurements import MeasurementSet
+
+    n = 200
+    pol = np.where(np.arange(n) < n // 2, 1, -1)
+    amp = np.where(pol > 0, -1, 1) * np.tile(np.linspace(0.5, 3.5, n // 2), 2)
+    mean = 1e-6 * (1 + np.concatenate([np.linspace(0, 1, n // 2), np.linspace(1, 0, n // 2)]))
+
+    def realization(seed: int) -> MeasurementSet:
+        r = np.random.default_rng(seed)
+        return MeasurementSet(device=["d"] * n, cycle=[0] * n, pulse=range(n), polarity=pol,
+                              conductance=mean + 2e-8 * r.normal(size=n), optional={"amplitude_v": amp})
+
+    measured = realization(1)
+    reps = [realization(100 + k) for k in range(32)]
+    m = replay_metrics(measured, reps)
+    floor = m["nrmse_noise_floor_median"]
+    assert 0.005 < floor < 0.05 and m["nrmse_noise_floor_p95"] >= floor
+    # the measured file is one realization of the same process: within the floor's spread
+    assert m["nrmse"] <= m["nrmse_noise_floor_p95"] and m["nrmse_within_noise"]
+    assert abs(m["step_std_ratio_up"] - 1) < 0.25
+    groups = m["amplitude_groups"]
+    assert {g["polarity"] for g in groups} == {"up", "down"}
+    assert sum(g["steps"] for g in groups if g["polarity"] == "up") == n // 2 - 1
+    assert all(abs(g["ratio"] - 1) < 0.5 for g in groups)
+    # one replay: no floor
+    assert "nrmse_noise_floor_median" not in replay_metrics(measured, reps[0])

@@ -122,7 +122,8 @@ def calibrate(
     for c in cal.candidates:
         mark = "  <- chosen" if c.model == cal.chosen else ""
         held = f"{c.nll_heldout:.1f}" if c.nll_heldout is not None else "-"
-        click.echo(f"  {c.model:<11} BIC {c.bic:>12.1f}  held-out NLL {held:>10}  {'eligible' if c.eligible else 'not eligible'}{mark}")
+        status = ("eligible" if c.eligible else "not eligible") if c.determined else "rejected: undetermined"
+        click.echo(f"  {c.model:<11} BIC {c.bic:>12.1f}  held-out NLL {held:>10}  {status}{mark}")
     m = run.model
     params = ", ".join(f"{k}={getattr(m.step, k):.4g}" for k in m.step.parameters)
     click.echo(f"chosen {cal.chosen}: {params}; c2c {m.variation.c2c:.3g}, read noise {m.read_noise:.3g}, "
