@@ -5,13 +5,22 @@
 - :func:`extract`: a plain digital ``nn.Module`` (last iterate or average) with
   :class:`ExtractionInfo`; :func:`save_extracted` / :func:`load_extracted`.
 - :func:`read_precise`: repeated reads to a requested precision.
-- :func:`deploy`: write-verify onto fresh arrays, :class:`DeployReport`.
+- :func:`pulse_response` / :class:`PulseResponse`: D's measured pulse response (analog variant).
+- :func:`deploy`: write-verify onto fresh arrays (optionally :class:`DifferentialPair` s),
+  :class:`DeployReport`.
 - :func:`run_extraction_demo`: the four accuracies of examples/extract_and_deploy.py.
 """
 
-from hil.extraction.averager import AnalogAccumulator, AveragingConfig, ModelAverager, zero_shift
+from hil.extraction.averager import (
+    AnalogAccumulator,
+    AveragingConfig,
+    ModelAverager,
+    PulseResponse,
+    pulse_response,
+    zero_shift,
+)
 from hil.extraction.demo import KEYS, run_extraction_demo, run_extraction_seed, summarize
-from hil.extraction.deploy import DeployReport, LayerDeployment, deploy
+from hil.extraction.deploy import DeployReport, DifferentialPair, LayerDeployment, deploy
 from hil.extraction.export import (
     ExtractionInfo,
     LayerExtraction,
@@ -27,14 +36,17 @@ __all__ = [
     "AnalogAccumulator",
     "AveragingConfig",
     "DeployReport",
+    "DifferentialPair",
     "ExtractionInfo",
     "LayerDeployment",
     "LayerExtraction",
     "ModelAverager",
     "PreciseRead",
+    "PulseResponse",
     "deploy",
     "extract",
     "load_extracted",
+    "pulse_response",
     "read_precise",
     "run_extraction_demo",
     "run_extraction_seed",

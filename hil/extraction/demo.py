@@ -2,12 +2,16 @@
 
 Per seed: TTv2 on the digits MLP with the 20-state noisy soft-bounds device
 (``digits_device(20, c2c=1.0, d2d=0.3)`` = preset ``rram-softbounds-20``; read
-noise 0.06), the recommended TTv2 settings, 15 epochs.  Two
-:class:`ModelAverager` s watch the same training (digital and analog variant).
+noise 0.06), the recommended TTv2 settings (``hil.training.digits.RECOMMENDED``:
+cosine decay of the transfer rate to 0), 15 epochs.  :class:`ModelAverager` s watch
+the same training: the digital variant and two analog ones (D on the training
+device; D on the same device without cycle-to-cycle noise, as a control).
 Figures: (1) last iterate used in place on the arrays, (2) last iterate read to
 digital, (3) the digital average, (4) the digital average programmed onto fresh
-arrays of another device (preset ``pcm-noisy``, same periphery).  The analog
-variant's accuracy is reported as an extra.
+arrays of another device (preset ``pcm-noisy`` with its read noise 0.02, same
+periphery otherwise, each weight on a differential pair).  With ``constant_rate``
+the same seeds are trained again with constant rates (``schedule="constant"``),
+the setting of Gokmen 2021 where the average replaces the learning-rate decay.
 """
 
 from __future__ import annotations
@@ -26,12 +30,28 @@ from hil.extraction.deploy import deploy
 from hil.extraction.export import extract
 
 KEYS = ("last_iterate_analog", "last_iterate_digital", "average_digital", "average_deployed")
+ANALOG_KEYS = ("average_analog_D", "average_analog_D_no_c2c")
 DEPLOY_DEVICE = "pcm-noisy"
-# Our choice, from a sweep on seed 0 (docs/extraction.md): the deployed arrays hold W / 1.5
-# (digital output factor 1.5) so that the targets stay inside pcm-noisy's range where its
-# power-law steps are not vanishing; write-verify tol 0.03, 16 reads per verify, 50 rounds.
-DEPLOY_OUT_SCALE = 1.5
-DEPLOY_SETTINGS = {"tol": 0.03, "n_reads": 16, "max_iter": 50}
+# Our choice, from a sweep on 3 seeds (docs/extraction.md): every weight on a differential pair
+# of pcm-noisy devices (G+ = w/2, G- = -w/2: both in the middle of the range, where the
+# power-law steps have not vanished), the arrays hold W / OUT_SCALE (digital output factor 1.0
+# on top of the training OUT_SCALE; the pair's range +-2 covers C's +-1.8); write-verify tol
+# 0.02 per device, 64 reads averaged per verify read, at most 100 rounds.
+DEPLOY_OUT_SCALE = 1.0
+DEPLOY_SETTINGS: dict[str, Any] = {"tol": 0.02, "n_reads": 64, "max_iter": 100, "pair": True}
+CONSTANT_RATE: dict[str, Any] = {"schedule": "constant"}
+
+
+def deploy_factory(device: str = DEPLOY_DEVICE, seed: int = 0) -> Any:
+    """Fresh arrays of ``device`` with the digits periphery (output noise 0.06) and the device
+    model's own weight read noise (pcm-noisy: 0.02)."""
+    from hil.simulated import resolve_device_model
+    from hil.training import simulated_factory
+    from hil.training.digits import digits_periphery
+
+    model = resolve_device_model(device)
+    periphery = digits_periphery(0.06).model_copy(update={"w_noise": model.read_noise})
+    return simulated_factory(model, periphery, seed=seed)
 
 
 def run_extraction_seed(
@@ -41,8 +61,14 @@ def run_extraction_seed(
     averaging: AveragingConfig | None = None,
     deploy_device: str = DEPLOY_DEVICE,
     eval_passes: int = 5,
+    overrides: dict[str, Any] | None = None,
+    analog: bool = True,
 ) -> dict[str, Any]:
-    """One seed of the experiment; accuracies in [0, 1] and the details behind them."""
+    """One seed of the experiment; accuracies in [0, 1] and the details behind them.
+
+    ``overrides`` replace fields of the recommended TTv2 config (e.g. ``CONSTANT_RATE``);
+    ``analog``: also run the two analog (D) averagers.
+    """
     from hil.nn import convert_to_analog
     from hil.training import (
         TrainingController,
@@ -55,42 +81,53 @@ def run_extraction_seed(
     from hil.training.loop import evaluate, fit
 
     data = load_digits_split()
-    cfg = recommended_config("ttv2", "mlp", seed=seed, epochs=epochs)
+    cfg = recommended_config("ttv2", "mlp", seed=seed, epochs=epochs, **(overrides or {}))
     torch.manual_seed(seed)
     model = convert_to_analog(digits_network("mlp"), out_scale=OUT_SCALE["mlp"])
     factory = simulated_factory(digits_device(20, 1.0, 0.3), digits_periphery(0.06), bl=cfg.bl, seed=1000 * seed + 17)
     ctl = TrainingController(model, cfg, factory)
     avg_cfg = averaging or AveragingConfig()
     dig = ModelAverager(ctl, avg_cfg.model_copy(update={"variant": "digital"}))
-    ana = ModelAverager(ctl, avg_cfg.model_copy(update={"variant": "analog"}), factory)
+    analogs: dict[str, ModelAverager] = {}
+    if analog:
+        ana_cfg = avg_cfg.model_copy(update={"variant": "analog"})
+        # D on the training device (the issue's third array) and, as a control, on the same
+        # 20-state device without cycle-to-cycle noise
+        analogs["average_analog_D"] = ModelAverager(ctl, ana_cfg, factory)
+        clean = simulated_factory(digits_device(20, 0.0, 0.3), digits_periphery(0.06), seed=1000 * seed + 29)
+        analogs["average_analog_D_no_c2c"] = ModelAverager(ctl, ana_cfg, clean)
     t0 = time.perf_counter()
     fit(model, ctl, data.x_train, data.y_train, eval_every_epoch=False)
     t_train = time.perf_counter() - t0
     acc_analog = sum(evaluate(model, data.x_test, data.y_test) for _ in range(eval_passes)) / eval_passes
     last = extract(model)
     avg = extract(model, dig)
-    avg_an = extract(model, ana)
-    acc_last = evaluate(last, data.x_test, data.y_test)
-    acc_avg = evaluate(avg, data.x_test, data.y_test)
-    acc_avg_an = evaluate(avg_an, data.x_test, data.y_test)
-    dep_factory = simulated_factory(deploy_device, digits_periphery(0.06), seed=1000 * seed + 991)
+    out: dict[str, Any] = {"seed": seed, "overrides": dict(overrides or {}), "last_iterate_analog": acc_analog,
+                           "last_iterate_digital": evaluate(last, data.x_test, data.y_test),
+                           "average_digital": evaluate(avg, data.x_test, data.y_test)}
+    for key, a in analogs.items():
+        m = extract(model, a)
+        out[key] = evaluate(m, data.x_test, data.y_test)
+        out[f"extraction_{key}"] = m.extraction.model_dump(mode="json")
+        out[f"{key}_pulses"] = sum(int(la.pulses) for la in a.layers)
+    dep_factory = deploy_factory(deploy_device, seed=1000 * seed + 991)
     scale = [DEPLOY_OUT_SCALE * s for s in OUT_SCALE["mlp"]]
     _, rep = deploy(avg, dep_factory, out_scale=scale, x_test=data.x_test, y_test=data.y_test,
                     eval_passes=eval_passes, **DEPLOY_SETTINGS)
-    return {
-        "seed": seed,
-        "last_iterate_analog": acc_analog,
-        "last_iterate_digital": acc_last,
-        "average_digital": acc_avg,
-        "average_deployed": rep.accuracy,
-        "average_analog_D": acc_avg_an,
+    out["average_deployed"] = rep.accuracy
+    # how far the average is from the last iterate, in the arrays' units (C units)
+    out["rms_average_minus_last"] = [
+        float(((a.weight - b.weight).detach() / s).pow(2).mean().sqrt())
+        for a, b, s in zip((avg[0], avg[2]), (last[0], last[2]), OUT_SCALE["mlp"], strict=True)
+    ]
+    out.update({
         "snapshots": dig.snapshots,
         "extraction_last": last.extraction.model_dump(mode="json"),
         "extraction_average": avg.extraction.model_dump(mode="json"),
-        "extraction_average_analog": avg_an.extraction.model_dump(mode="json"),
         "deploy": rep.model_dump(mode="json"),
         "train_seconds": t_train,
-    }
+    })
+    return out
 
 
 def summarize(runs: list[dict[str, Any]], keys: tuple[str, ...] = KEYS) -> dict[str, dict[str, float]]:
@@ -102,31 +139,61 @@ def summarize(runs: list[dict[str, Any]], keys: tuple[str, ...] = KEYS) -> dict[
     return out
 
 
+def paired(runs: list[dict[str, Any]], a: str, b: str) -> dict[str, float]:
+    """Mean and std (ddof 1) over seeds of the per-seed difference ``a - b``."""
+    v = [float(r[a]) - float(r[b]) for r in runs]
+    return {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0}
+
+
+def _summary(runs: list[dict[str, Any]], analog: bool) -> dict[str, Any]:
+    out: dict[str, Any] = dict(summarize(runs))
+    if analog:
+        out.update(summarize(runs, ANALOG_KEYS))
+    out["average_minus_last_digital"] = paired(runs, "average_digital", "last_iterate_digital")
+    out["deployed_minus_average"] = paired(runs, "average_deployed", "average_digital")
+    return out
+
+
 def run_extraction_demo(
     quick: bool = True,
     seeds: tuple[int, ...] = (0, 1, 2),
     json_path: str | Path | None = None,
     details: list[dict[str, Any]] | None = None,
     progress: bool = False,
-) -> dict[str, dict[str, float]]:
+    constant_rate: bool = False,
+    analog: bool = True,
+) -> dict[str, Any]:
     """The four accuracies ``{"last_iterate_analog", "last_iterate_digital", "average_digital",
-    "average_deployed"}``, each ``{"mean", "std"}`` over ``seeds``.
+    "average_deployed"}``, each ``{"mean", "std"}`` over ``seeds`` (recommended TTv2 settings),
+    and: ``average_analog_D`` / ``average_analog_D_no_c2c`` (with ``analog``), the paired
+    per-seed differences ``average_minus_last_digital`` and ``deployed_minus_average``, and with
+    ``constant_rate`` the same figures for constant-rate TTv2 under ``"constant_rate"``.
 
     ``quick``: 15 epochs (the recommended TTv2 run); otherwise 30.  ``details``, if a
-    list, receives every seed's full record; ``json_path`` writes the four-key JSON.
+    list, receives every seed's full record; ``json_path`` writes the summary as JSON.
     """
     torch.set_num_threads(1)
     epochs = 15 if quick else 30
-    runs = []
-    for s in seeds:
-        r = run_extraction_seed(s, epochs=epochs)
-        if progress:
-            print(f"seed {s}: " + ", ".join(f"{k} {r[k]:.4f}" for k in (*KEYS, "average_analog_D"))
-                  + f" ({r['train_seconds']:.0f} s training)", flush=True)
-        runs.append(r)
-    if details is not None:
-        details.extend(runs)
-    summary = summarize(runs)
+    settings: list[tuple[str, dict[str, Any] | None, bool]] = [("recommended", None, analog)]
+    if constant_rate:
+        settings.append(("constant_rate", CONSTANT_RATE, False))
+    summary: dict[str, Any] = {}
+    for name, over, with_analog in settings:
+        runs = []
+        for s in seeds:
+            r = run_extraction_seed(s, epochs=epochs, overrides=over, analog=with_analog)
+            r["setting"] = name
+            if progress:
+                keys = (*KEYS, *ANALOG_KEYS) if with_analog else KEYS
+                print(f"{name} seed {s}: " + ", ".join(f"{k} {r[k]:.4f}" for k in keys)
+                      + f" ({r['train_seconds']:.0f} s training)", flush=True)
+            runs.append(r)
+        if details is not None:
+            details.extend(runs)
+        if name == "recommended":
+            summary.update(_summary(runs, with_analog))
+        else:
+            summary[name] = _summary(runs, with_analog)
     if json_path is not None:
         Path(json_path).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
