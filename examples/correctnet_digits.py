@@ -27,6 +27,7 @@ Usage::
     python examples/correctnet_digits.py --quick --json correctnet.json
     python examples/correctnet_digits.py --model cnn --json correctnet_cnn.json
     python examples/correctnet_digits.py --ablation --model mlp
+    python examples/correctnet_digits.py --quick --lipschitz orthogonal --beta 1e-3   # the spec's penalty
 
 JSON: ``{"clean_accuracy": ..., "sigma_star": ..., "results": [{"method":
 "plain"|"lipschitz"|"lipschitz+rl_compensation"|"lipschitz+full_compensation",
@@ -45,7 +46,7 @@ from pathlib import Path
 
 import torch
 
-from hil.robust.pipeline import CorrectNetConfig, format_table, run_correctnet
+from hil.robust.pipeline import CorrectNetConfig, format_table, lipschitz_config, run_correctnet
 
 # sigma of the ablations: sigma_star of the documented runs and points below it
 ABLATION_SIGMAS = {"mlp": [0.0, 0.7, 1.0, 1.3], "cnn": [0.0, 0.2, 0.3, 0.45]}
@@ -136,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="write the results JSON here")
     ap.add_argument("--report", type=Path, default=None, help="write the full report JSON here")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lipschitz", choices=["variation", "orthogonal", "spectral"], default=None,
+                    help="penalty of the regularized network (default variation; orthogonal = the spec's "
+                         "beta * sum ||W^T W - lam I||_F^2)")
+    ap.add_argument("--beta", type=float, default=None, help="penalty weight")
+    ap.add_argument("--lam", type=float, default=None, help="lambda of the orthogonal / spectral penalties")
     ap.add_argument("--ablation", action="store_true", help="regularizer and block ablations instead")
     args = ap.parse_args(argv)
 
@@ -148,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     cfg = CorrectNetConfig.quick(args.model) if args.quick else CorrectNetConfig(model=args.model)
     cfg = cfg.model_copy(update={"seed": args.seed})
+    if args.lipschitz is not None or args.beta is not None or args.lam is not None:
+        cfg = cfg.model_copy(update={"lipschitz": lipschitz_config(cfg, args.lipschitz, args.beta, args.lam)})
     t0 = time.perf_counter()
     report = run_correctnet(cfg, progress=lambda m: print(f"[{time.perf_counter() - t0:6.0f} s] {m}", file=sys.stderr))
     print(format_table(report))

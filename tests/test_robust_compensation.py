@@ -101,3 +101,20 @@ def test_compensation_improves_accuracy_on_fresh_chips() -> None:
         assert torch.equal(a.weight, b.weight)
     assert all(p.requires_grad for p in comp.parameters())  # flags restored
     assert 0.0 <= digital_only_accuracy(comp, d.x_test, d.y_test) <= 1.0
+
+
+@pytest.mark.xfail(
+    reason="hil.nn.convert_to_analog converts every nn.Linear/nn.Conv2d, also inside a DigitalModule "
+    "(the compensation blocks); the fix belongs in hil/nn (skip subtrees with hil_digital)",
+    strict=False,
+)
+def test_convert_to_analog_leaves_the_compensation_blocks_digital() -> None:
+    from hil.nn.convert import convert_to_analog
+
+    model = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3))
+    comp = add_compensation(model, [2, 0])
+    assert all(getattr(b, "hil_digital", False) for b in compensation_blocks(comp))
+    converted = convert_to_analog(comp)
+    analog = [n for n, m in converted.named_modules() if type(m).__name__.startswith("Analog")]
+    assert analog == ["0.layer", "2.layer"]  # the blocks' A and B stay nn.Linear
+    assert len(compensation_blocks(converted)) == 2

@@ -34,7 +34,7 @@ def _tiny() -> CorrectNetConfig:
         table_train=TrainCompensationConfig(steps=5, n_samples=2),
         search_train=TrainCompensationConfig(steps=5, n_samples=2),
         reward=RewardConfig(n_samples=2, budget=0.05),
-        agent=AgentConfig(episodes=32, batch_episodes=8, max_evaluations=3),
+        agent=AgentConfig(episodes=32, batch_episodes=8, max_evaluations=3, refine_top=1, max_refinements=2),
         sensitivity_samples=2,
     )
 
@@ -96,6 +96,12 @@ def test_report_placements_and_table(cli_run) -> None:
     full = next(p for p in report.placements if p.method == "full")
     assert full.ranks == [1, 1]
     assert report.rl_evaluations <= 3 + 8
+    assert 1 <= report.rl_refinements <= 2
+    rl = next(p for p in report.placements if p.method == "rl")
+    assert rl.val_refined_reward is not None  # the agent returns a refined placement
+    for p in report.placements:  # the baselines get the refined reward too, for the report
+        if p.method in ("none", "every_layer", "greedy"):
+            assert p.val_refined_reward is not None and p.val_reward is not None
     assert report.search_space == 3**2
     assert [row.name for row in report.layers] == ["0", "2"]
     assert "lipschitz+rl_compensation" in format_table(report)
@@ -109,3 +115,25 @@ def test_cli_refuses_a_bad_config(tmp_path) -> None:
     bad.write_text('{"model": "transformer"}')
     res = CliRunner().invoke(cli, ["robust", "--config", str(bad)])
     assert res.exit_code != 0 and "not a valid CorrectNetConfig" in res.output
+
+
+def test_lipschitz_config_selects_the_spec_penalty() -> None:
+    from hil.robust.pipeline import SPEC_BETA, lipschitz_config
+
+    cfg = CorrectNetConfig(model="mlp")
+    assert cfg.lipschitz.kind == "variation" and cfg.lipschitz.beta == 10.0  # our default
+    spec = lipschitz_config(cfg, "orthogonal")
+    assert spec.kind == "orthogonal" and spec.beta == SPEC_BETA["orthogonal"] and spec.lam == 1.0
+    assert lipschitz_config(cfg, "orthogonal", beta=1e-2, lam=0.5).model_dump(include={"beta", "lam"}) == {
+        "beta": 1e-2, "lam": 0.5,
+    }
+    assert lipschitz_config(cfg, beta=3.0).kind == "variation"
+    with pytest.raises(ValueError):
+        lipschitz_config(cfg, "orthogonal", beta=-1.0)
+
+
+def test_cli_refuses_a_negative_beta() -> None:
+    from hil.cli.main import cli
+
+    res = CliRunner().invoke(cli, ["robust", "--quick", "--lipschitz", "orthogonal", "--beta", "-1"])
+    assert res.exit_code != 0 and "beta" in res.output

@@ -74,6 +74,67 @@ def test_reinforce_finds_the_known_optimum(seed) -> None:
     assert len(calls) == len(set(calls)) == res.n_evaluations < 4**5 // 3
 
 
+# The digits failure mode in miniature: a cheap reward (short block training) that
+# overrates one placement.  The decoy is a near-optimal placement that the cheap
+# reward lifts above the optimum; the refined reward is the true one.
+DECOY = (1, 1, 1, 2, 1)
+
+
+def _cheap(actions: tuple[int, ...]) -> float:
+    return _reward(actions) + (0.05 if tuple(actions) == DECOY else 0.0)
+
+
+def _two_fidelity_problem(calls: list, fine_calls: list) -> PlacementProblem:
+    def reward(a: tuple[int, ...]) -> float:
+        calls.append(a)
+        return _cheap(a)
+
+    def refine(a: tuple[int, ...]) -> float:
+        fine_calls.append(a)
+        return _reward(a)
+
+    pb = _problem()
+    return PlacementProblem(pb.features, pb.costs, pb.budget, reward, refine=refine)
+
+
+def test_decoy_fools_the_cheap_reward() -> None:
+    assert _cheap(DECOY) > _cheap(_optimum()) > _reward(DECOY)
+    assert sorted(itertools.product(range(4), repeat=5), key=_cheap)[-2] == _optimum()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_refined_reward_recovers_the_optimum_the_cheap_reward_misses(seed) -> None:
+    base = AgentConfig(episodes=1000, batch_episodes=16, lr=0.05, entropy=0.2, seed=seed)
+    # without refinement the agent trusts the cheap reward (and it is asked to, so it
+    # must find the decoy: the best by that reward)
+    calls: list = []
+    plain = ReinforcePlacementAgent(base).search(_two_fidelity_problem(calls, []))
+    assert tuple(plain.best_actions) == DECOY and plain.refined == []
+    # with refinement: the revisited placements and the best 3 by cheap reward are
+    # re-scored; the decoy is unmasked and the optimum returned, for few refine calls
+    calls, fine = [], []
+    cfg = base.model_copy(update={"promote_visits": 4, "refine_top": 3, "max_refinements": 12})
+    res = ReinforcePlacementAgent(cfg).search(_two_fidelity_problem(calls, fine))
+    assert tuple(res.best_actions) == _optimum()
+    assert res.best_reward == pytest.approx(_reward(_optimum()))
+    assert tuple(res.best_cheap_actions) == DECOY
+    assert len(fine) == len(set(fine)) == len(res.refined) <= 12
+    assert DECOY in fine and _optimum() in fine
+    for acts, cheap, refined in res.refined:
+        assert cheap == pytest.approx(_cheap(tuple(acts))) and refined == pytest.approx(_reward(tuple(acts)))
+
+
+def test_refinements_respect_the_cap() -> None:
+    fine: list = []
+    cfg = AgentConfig(episodes=200, batch_episodes=8, seed=1, promote_visits=1, refine_top=50, max_refinements=4)
+    res = ReinforcePlacementAgent(cfg).search(_two_fidelity_problem([], fine))
+    assert len(fine) == 4 == len(res.refined)
+    assert res.best_actions == max(res.refined, key=lambda t: t[2])[0]
+    # no refine reward on the problem: the options are inert
+    res2 = ReinforcePlacementAgent(cfg).search(_problem())
+    assert res2.refined == [] and res2.best_actions == res2.best_cheap_actions
+
+
 def test_agent_is_seeded_and_stops_at_max_evaluations() -> None:
     cfg = AgentConfig(episodes=200, batch_episodes=8, seed=4)
     a = ReinforcePlacementAgent(cfg).search(_problem())

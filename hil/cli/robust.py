@@ -36,6 +36,11 @@ def _ints(text: str | None) -> list[int] | None:
 @click.option("--budget", type=float, default=None, help="compensation budget, fraction of parameters")
 @click.option("--samples", type=int, default=None, help="Monte-Carlo chips per table entry")
 @click.option("--evaluations", type=int, default=None, help="placements the RL agent may score")
+@click.option("--lipschitz", "lipschitz_kind", type=click.Choice(["variation", "orthogonal", "spectral"]),
+              default=None, help="penalty of the regularized network (default: variation, our form; "
+              "orthogonal: the spec's beta * sum ||W^T W - lam I||_F^2; spectral: power iteration)")
+@click.option("--beta", type=float, default=None, help="penalty weight (default: per network and kind)")
+@click.option("--lam", type=float, default=None, help="lambda, target squared singular value (orthogonal, spectral)")
 @click.option("--seed", type=int, default=None)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="write {clean_accuracy, sigma_star, results} here")
@@ -58,6 +63,9 @@ def robust(
     budget: float | None,
     samples: int | None,
     evaluations: int | None,
+    lipschitz_kind: str | None,
+    beta: float | None,
+    lam: float | None,
     seed: int | None,
     json_path: Path | None,
     report_path: Path | None,
@@ -92,6 +100,13 @@ def robust(
         upd["reward"] = cfg.reward.model_copy(update={"budget": budget})
     if evaluations is not None:
         upd["agent"] = cfg.agent.model_copy(update={"max_evaluations": evaluations})
+    if lipschitz_kind is not None or beta is not None or lam is not None:
+        from hil.robust.pipeline import lipschitz_config
+
+        try:
+            upd["lipschitz"] = lipschitz_config(cfg, lipschitz_kind, beta, lam)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from exc
     try:
         cfg = CorrectNetConfig.model_validate({**cfg.model_dump(), **{k: v for k, v in upd.items()}})
     except ValueError as exc:

@@ -15,7 +15,14 @@ ANALOG_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
 
 
 class DigitalModule(nn.Module):
-    """Marker base class: this module and everything in it run digitally, without variation."""
+    """Marker base class: this module and everything in it run digitally, without variation.
+
+    ``hil_digital = True`` is the duck-typed form of the marker, for code that must not
+    import :mod:`hil.robust` (a converter to analog layers should leave such a subtree
+    as it is: ``getattr(module, "hil_digital", False)``).
+    """
+
+    hil_digital: bool = True
 
 
 def analog_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -9,10 +9,14 @@ Steps of :func:`run_correctnet` (one network, MLP or CNN):
    below half its variation-free accuracy.
 3. Per-layer sensitivity of the regularized network at ``sigma_star`` (only that
    layer varies) on a validation part of the training set.
-4. Placement search (REINFORCE, :mod:`hil.robust.placement`) whose reward trains
-   the blocks briefly on the fit part and measures Monte-Carlo accuracy on the
-   validation part, minus the overhead terms; baselines scored with the same
-   reward: no block, every layer, greedy by sensitivity.
+4. Placement search (REINFORCE, :mod:`hil.robust.placement`) whose cheap reward
+   trains the blocks briefly (``search_train``) on the fit part and measures
+   Monte-Carlo accuracy on the validation part, minus the overhead terms; the
+   contenders the agent keeps revisiting and its best few are re-scored by the
+   refined reward (blocks trained with the final recipe ``comp_train`` on the fit
+   part, more validation chips of other seeds), which picks the placement.
+   Baselines: no block, every layer, greedy by sensitivity, scored (both rewards)
+   for the report; every layer and greedy also start the search (``warm_start``).
 5. Final blocks for the RL placement, for compensation everywhere (every layer
    at ``full_rank``) and for the baselines, trained on the whole training set at
    ``sigma_star``; everything is measured on the test set with fresh chips
@@ -62,6 +66,7 @@ METHODS = ("plain", "lipschitz", "lipschitz+rl_compensation", "lipschitz+full_co
 _SEED_TEST = 10_000
 _SEED_VAL = 20_000
 _SEED_SENS = 30_000
+_SEED_REFINE = 40_000
 
 
 # ------------------------------------------------------------ building blocks
@@ -92,6 +97,7 @@ class RewardConfig(HilModel):
     cost_weight: float = Field(0.02, ge=0, description="reward lost per budget spent")
     over_penalty: float = Field(1.0, ge=0, description="reward lost per budget overspent")
     n_samples: int = Field(10, ge=1, description="validation chips per placement")
+    refine_samples: int = Field(20, ge=1, description="validation chips of the refined reward (other seeds)")
 
 
 def compensation_problem(
@@ -104,12 +110,17 @@ def compensation_problem(
     comp: CompensationConfig | None = None,
     train: TrainCompensationConfig | None = None,
     reward: RewardConfig | None = None,
+    refine_train: TrainCompensationConfig | None = None,
 ) -> tuple[PlacementProblem, Callable[[Sequence[int]], list[int | None]], dict[tuple[int, ...], dict[str, float]]]:
     """The placement problem of compensating ``model`` (frozen) at ``variation``.
 
     Action 0 = no block, action ``k`` = a block of rank ``ranks[k-1]`` (rank 0: affine only).
     Returns the problem, the map actions -> ranks for :func:`add_compensation`, and the
     cache ``actions -> {"reward", "accuracy", "overhead"}`` that the reward fills.
+    ``refine_train``, when given, makes the problem's ``refine`` reward: the same
+    formula after training the blocks with this (longer, final) recipe, on
+    ``reward.refine_samples`` validation chips of other seeds; it adds
+    ``"refined_reward"`` and ``"refined_accuracy"`` to the cache entry.
     """
     comp = comp or CompensationConfig()
     train = train or TrainCompensationConfig()
@@ -131,23 +142,43 @@ def compensation_problem(
 
     cache: dict[tuple[int, ...], dict[str, float]] = {}
 
-    def score(actions: tuple[int, ...]) -> float:
-        key = tuple(int(a) for a in actions)
+    def measure(key: tuple[int, ...], tcfg: TrainCompensationConfig, n: int, seed: int) -> tuple[float, float]:
+        placed = to_ranks(key)
+        if all(r is None for r in placed):
+            m = model
+        else:
+            m = add_compensation(model, placed, comp, seed=tcfg.seed)
+            train_compensation(m, fit[0], fit[1], variation, tcfg)
+        acc = monte_carlo_accuracy(m, val[0], val[1], variation, n, seed).accuracy_mean
+        c = sum(float(costs[i, a]) for i, a in enumerate(key))
+        r = acc - reward.cost_weight * c / reward.budget - reward.over_penalty * max(0.0, c / reward.budget - 1)
+        return r, acc
+
+    def entry(key: tuple[int, ...]) -> dict[str, float]:
         if key not in cache:
-            placed = to_ranks(key)
-            if all(r is None for r in placed):
-                m = model
-            else:
-                m = add_compensation(model, placed, comp, seed=train.seed)
-                train_compensation(m, fit[0], fit[1], variation, train)
-            acc = monte_carlo_accuracy(m, val[0], val[1], variation, reward.n_samples, _SEED_VAL).accuracy_mean
-            c = sum(float(costs[i, a]) for i, a in enumerate(key))
-            r = acc - reward.cost_weight * c / reward.budget - reward.over_penalty * max(0.0, c / reward.budget - 1)
-            cache[key] = {"reward": r, "accuracy": acc, "overhead": c}
-        return cache[key]["reward"]
+            cache[key] = {"overhead": sum(float(costs[i, a]) for i, a in enumerate(key))}
+        return cache[key]
+
+    def score(actions: tuple[int, ...]) -> float:
+        e = entry(tuple(int(a) for a in actions))
+        if "reward" not in e:
+            e["reward"], e["accuracy"] = measure(tuple(int(a) for a in actions), train, reward.n_samples, _SEED_VAL)
+        return e["reward"]
+
+    def refine(actions: tuple[int, ...]) -> float:
+        assert refine_train is not None
+        e = entry(tuple(int(a) for a in actions))
+        if "refined_reward" not in e:
+            e["refined_reward"], e["refined_accuracy"] = measure(
+                tuple(int(a) for a in actions), refine_train, reward.refine_samples, _SEED_REFINE
+            )
+        return e["refined_reward"]
 
     names = [n for n, _ in layers]
-    return PlacementProblem(features, costs, reward.budget, score, names), to_ranks, cache
+    problem = PlacementProblem(
+        features, costs, reward.budget, score, names, refine if refine_train is not None else None
+    )
+    return problem, to_ranks, cache
 
 
 @torch.no_grad()
@@ -208,7 +239,10 @@ _MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
         "comp_train": _comp(1000, 128, 8),
         "table_train": _comp(300, 128, 4),
         "search_train": _comp(150, 128, 4),
-        "agent": {"episodes": 1000, "batch_episodes": 16, "entropy": 0.2, "max_evaluations": 60},
+        "agent": {
+            "episodes": 1000, "batch_episodes": 16, "entropy": 0.2, "max_evaluations": 60,
+            "promote_visits": 4, "refine_top": 3, "max_refinements": 6,
+        },
     },
     "cnn": {
         "sigmas": [0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0],
@@ -216,7 +250,10 @@ _MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
         "comp_train": _comp(1000, 64, 8),
         "table_train": _comp(300, 64, 4),
         "search_train": _comp(150, 64, 4),
-        "agent": {"episodes": 1000, "batch_episodes": 16, "entropy": 0.2, "max_evaluations": 40},
+        "agent": {
+            "episodes": 1000, "batch_episodes": 16, "entropy": 0.2, "max_evaluations": 40,
+            "promote_visits": 4, "refine_top": 3, "max_refinements": 5,
+        },
     },
 }
 
@@ -250,6 +287,11 @@ class CorrectNetConfig(HilModel):
     comp_train: TrainCompensationConfig = Field(description="blocks at sigma_star (placements compared)")
     table_train: TrainCompensationConfig = Field(description="blocks retrained at the table's other sigmas")
     search_train: TrainCompensationConfig = Field(description="blocks inside the placement reward")
+    refine: bool = Field(
+        True,
+        description="refined placement reward: blocks trained with comp_train (the final recipe) on the fit "
+        "part, reward.refine_samples validation chips; see AgentConfig.promote_visits / refine_top",
+    )
     reward: RewardConfig = Field(default_factory=RewardConfig)
     agent: AgentConfig
     sensitivity_samples: int = Field(10, ge=1)
@@ -281,10 +323,39 @@ class CorrectNetConfig(HilModel):
             table_train=_comp(150, batch, 4),
             search_train=_comp(60, batch, 4),
             reward=RewardConfig(n_samples=6),
-            agent=AgentConfig(episodes=600, batch_episodes=16, entropy=0.2, max_evaluations=16),
+            agent=AgentConfig(
+                episodes=600, batch_episodes=16, entropy=0.2, max_evaluations=16,
+                promote_visits=4, refine_top=3, max_refinements=4,
+            ),
             sensitivity_samples=6,
             evaluate_baselines=False,
         )
+
+
+# beta of the literature's penalties when only the kind is given: the best of the
+# ablation grid (docs/robust.md) for the robust accuracy at sigma_star
+SPEC_BETA = {"orthogonal": 1e-3, "spectral": 1e-3}
+
+
+def lipschitz_config(
+    cfg: CorrectNetConfig, kind: str | None = None, beta: float | None = None, lam: float | None = None
+) -> LipschitzConfig:
+    """``cfg.lipschitz`` with ``kind`` / ``beta`` / ``lam`` replaced where given.
+
+    A new kind without a beta takes the documented default of that kind (``variation``: the
+    network's default; ``orthogonal`` / ``spectral``: ``SPEC_BETA``).
+    """
+    base = cfg.lipschitz
+    upd: dict[str, Any] = {}
+    if kind is not None and kind != base.kind:
+        upd["kind"] = kind
+        if beta is None:
+            upd["beta"] = SPEC_BETA.get(kind, _MODEL_DEFAULTS[cfg.model]["lipschitz"]["beta"])
+    if beta is not None:
+        upd["beta"] = beta
+    if lam is not None:
+        upd["lam"] = lam
+    return LipschitzConfig.model_validate({**base.model_dump(), **upd})
 
 
 # ------------------------------------------------------------------- report
@@ -305,6 +376,10 @@ class PlacementRow(HilModel):
     overhead_macs_frac: float
     val_reward: float | None = Field(None, description="search reward (fit/val split, short training)")
     val_accuracy: float | None = None
+    val_refined_reward: float | None = Field(
+        None, description="refined search reward (fit/val split, final-length training, other chips)"
+    )
+    val_refined_accuracy: float | None = None
     test_accuracy_mean: float | None = Field(None, description="test, final training, at sigma_star")
     test_accuracy_std: float | None = None
     digital_only_accuracy: float | None = Field(
@@ -331,6 +406,13 @@ class CorrectNetReport(HilModel):
     placements: list[PlacementRow]
     layers: list[LayerRow]
     rl_evaluations: int = Field(description="distinct placements the agent scored")
+    rl_refinements: int = Field(0, description="placements the agent re-scored with the refined reward")
+    rl_cheap_choice: list[int | None] = Field(
+        default_factory=list, description="the agent's best placement by the cheap reward alone (ranks)"
+    )
+    rl_refined: list[tuple[list[int | None], float, float]] = Field(
+        default_factory=list, description="placements the agent refined: (ranks, cheap reward, refined reward)"
+    )
     search_space: int = Field(description="number of possible placements")
     seconds: dict[str, float]
 
@@ -437,7 +519,8 @@ def run_correctnet(
 
     # 4. placement search
     problem, to_ranks, cache = compensation_problem(
-        lip, fit, val, at_star, cfg.ranks, sens, cfg.compensation, cfg.search_train, cfg.reward
+        lip, fit, val, at_star, cfg.ranks, sens, cfg.compensation, cfg.search_train, cfg.reward,
+        cfg.comp_train if cfg.refine else None,
     )
     t_search = time.perf_counter()
     initial = [uniform_placement(problem), greedy_placement(problem, sens)] if cfg.warm_start else []
@@ -446,15 +529,18 @@ def run_correctnet(
     _log(
         progress,
         f"RL placement {to_ranks(result.best_actions)} reward {result.best_reward:.4f} "
-        f"after {result.n_evaluations} placements ({seconds['rl_search']:.0f} s)",
+        f"after {result.n_evaluations} placements, {len(result.refined)} refined "
+        f"(cheap-reward choice {to_ranks(result.best_cheap_actions)}; {seconds['rl_search']:.0f} s)",
     )
     candidates: dict[str, list[int]] = {"rl": result.best_actions}
     if cfg.evaluate_baselines:
         candidates["none"] = no_placement(problem)
         candidates["every_layer"] = uniform_placement(problem)
         candidates["greedy"] = greedy_placement(problem, sens)
-        for key in ("none", "every_layer", "greedy"):
+        for key in ("none", "every_layer", "greedy"):  # both rewards, for the report (not the search)
             problem.reward(tuple(candidates[key]))
+            if problem.refine is not None:
+                problem.refine(tuple(candidates[key]))
     full_ranks: list[int | None] = [cfg.full_rank] * len(names)
 
     # 5. final blocks and the table
@@ -514,6 +600,8 @@ def run_correctnet(
                 overhead_macs_frac=ov.macs_frac,
                 val_reward=entry["reward"] if entry else None,
                 val_accuracy=entry["accuracy"] if entry else None,
+                val_refined_reward=entry.get("refined_reward") if entry else None,
+                val_refined_accuracy=entry.get("refined_accuracy") if entry else None,
                 test_accuracy_mean=res.accuracy_mean,
                 test_accuracy_std=res.accuracy_std,
                 digital_only_accuracy=digital_only_accuracy(m, x_te, y_te),
@@ -545,6 +633,9 @@ def run_correctnet(
         placements=placements,
         layers=layers,
         rl_evaluations=result.n_evaluations,
+        rl_refinements=len(result.refined),
+        rl_cheap_choice=to_ranks(result.best_cheap_actions),
+        rl_refined=[(to_ranks(a), c, f) for a, c, f in result.refined],
         search_space=(len(cfg.ranks) + 1) ** len(names),
         seconds=seconds,
     )
@@ -576,15 +667,21 @@ def format_table(report: CorrectNetReport) -> str:
     lines.append("")
     lines.append(
         f"placements at sigma_star (budget {100 * report.config.reward.budget:g} % of parameters; "
-        f"RL scored {report.rl_evaluations} of {report.search_space} placements):"
+        f"RL scored {report.rl_evaluations} of {report.search_space} placements, refined "
+        f"{report.rl_refinements}; cheap-reward choice "
+        + "[" + ", ".join("-" if r is None else str(r) for r in report.rl_cheap_choice) + "]):"
     )
     lines.append(
-        f"{'placement':<13}{'ranks':<28}{'params+':>8}{'val reward':>12}{'test acc':>14}{'digital only':>14}"
+        f"{'placement':<13}{'ranks':<28}{'params+':>8}{'val reward':>12}{'refined':>10}{'test acc':>14}"
+        f"{'digital only':>14}"
     )
     for p in report.placements:
         ranks = "[" + ", ".join("-" if r is None else str(r) for r in p.ranks) + "]"
         vr = f"{p.val_reward:.4f}" if p.val_reward is not None else "-"
+        vf = f"{p.val_refined_reward:.4f}" if p.val_refined_reward is not None else "-"
         ta = f"{100 * p.test_accuracy_mean:.1f}+-{100 * (p.test_accuracy_std or 0):.1f}" if p.test_accuracy_mean is not None else "-"
         do = f"{100 * p.digital_only_accuracy:.1f}" if p.digital_only_accuracy is not None else "-"
-        lines.append(f"{p.method:<13}{ranks:<28}{100 * p.overhead_params_frac:>7.2f}%{vr:>12}{ta:>14}{do:>14}")
+        lines.append(
+            f"{p.method:<13}{ranks:<28}{100 * p.overhead_params_frac:>7.2f}%{vr:>12}{vf:>10}{ta:>14}{do:>14}"
+        )
     return "\n".join(lines)

@@ -23,7 +23,21 @@ layers) plus a per-layer logit offset (so it can still single out one layer).
 It is trained by REINFORCE on batches of placements sampled together, with a
 leave-one-out baseline (each placement against the mean of the others in its
 batch), advantages scaled by the spread of the rewards seen so far, and an
-entropy bonus annealed to zero.  The best placement scored is returned.
+entropy bonus annealed to zero.
+
+Two reward fidelities.  A placement's reward is first the problem's cheap
+``reward`` (short block training).  When the problem also gives ``refine`` (a
+costlier, more faithful score, e.g. the final block-training recipe on more
+validation chips), the contenders the agent keeps sampling (``promote_visits``
+draws and among the best ``refine_top`` by cheap reward so far) are re-scored
+with it during the search, and after the search the best ``refine_top``
+placements by cheap reward are; up to ``max_refinements`` in all (the last
+``refine_top`` of them kept for the end).  While learning (once 3 placements
+are refined), a refined placement's reward is its refined score minus the
+median (refined - cheap) shift over the refined placements, so the two
+fidelities stay on one scale and the agent is steered by the faithful ranking
+where it has one.  The placement returned is the best refined one (the best
+cheap one when nothing was refined).
 
 Baselines: :func:`no_placement`, :func:`uniform_placement` ("every layer", the
 largest block size that fits the budget on every layer) and
@@ -60,6 +74,7 @@ class PlacementProblem:
     budget: float
     reward: Callable[[Actions], float]
     names: list[str] = field(default_factory=list)
+    refine: Callable[[Actions], float] | None = None
 
     def __post_init__(self) -> None:
         if self.features.dim() != 2 or self.costs.dim() != 2:
@@ -106,6 +121,11 @@ class AgentConfig(HilModel):
     baseline_decay: float = Field(
         0.8, ge=0, lt=1, description="moving-average baseline decay (only with batch_episodes=1)"
     )
+    promote_visits: int | None = Field(
+        None, ge=1, description="re-score a placement with the problem's refine reward once sampled this often"
+    )
+    refine_top: int = Field(0, ge=0, description="after the search, re-score the best this many by cheap reward")
+    max_refinements: int | None = Field(None, ge=0, description="cap on refine calls (None: no cap)")
     seed: int = 0
 
 
@@ -120,6 +140,12 @@ class SearchResult(HilModel):
     mean_reward: list[float] = Field(default_factory=list, description="mean reward of every batch")
     evaluated: list[tuple[list[int], float]] = Field(
         default_factory=list, description="every distinct placement scored and its reward, in order"
+    )
+    refined: list[tuple[list[int], float, float]] = Field(
+        default_factory=list, description="placements re-scored with refine: (actions, cheap reward, refined reward)"
+    )
+    best_cheap_actions: list[int] = Field(
+        default_factory=list, description="the best placement by cheap reward (= best_actions without refine)"
     )
 
 
@@ -159,10 +185,11 @@ class ReinforcePlacementAgent:
         )
 
     def search(self, problem: PlacementProblem, initial: Sequence[Sequence[int]] = ()) -> SearchResult:
-        """Run REINFORCE on ``problem``; returns the best placement scored.
+        """Run REINFORCE on ``problem``; returns the best placement scored (module docstring).
 
         ``initial``: placements scored before the first episode (e.g. the baselines), so
-        the result is never worse than them; they count as evaluations.
+        the result is never worse than them by cheap reward; they count as evaluations and
+        are promoted to the refined reward by the same rules as the agent's own placements.
         """
         cfg = self.cfg
         torch.manual_seed(int(cfg.seed))  # the policy's initial weights
@@ -172,12 +199,16 @@ class ReinforcePlacementAgent:
         gen = torch.Generator()
         gen.manual_seed(int(cfg.seed))
         cache: dict[Actions, float] = {}
+        fine: dict[Actions, float] = {}
+        visits: dict[Actions, int] = {}
         evaluated: list[tuple[list[int], float]] = []
         baseline: float | None = None
         means: list[float] = []
         episodes = 0
+        can_refine = problem.refine is not None
 
         def score(actions: Actions) -> float:
+            visits[actions] = visits.get(actions, 0) + 1
             if actions not in cache:
                 r = float(problem.reward(actions))
                 if not math.isfinite(r):
@@ -185,6 +216,26 @@ class ReinforcePlacementAgent:
                 cache[actions] = r
                 evaluated.append((list(actions), r))
             return cache[actions]
+
+        def refine(actions: Actions) -> bool:
+            """Score ``actions`` with the refined reward, once; False when the cap is reached."""
+            if actions in fine:
+                return True
+            if problem.refine is None or (cfg.max_refinements is not None and len(fine) >= cfg.max_refinements):
+                return False
+            r = float(problem.refine(actions))
+            if not math.isfinite(r):
+                raise ValueError(f"refined reward for {list(actions)} is {r}; rewards must be finite")
+            fine[actions] = r
+            return True
+
+        def learning_reward(actions: Actions) -> float:
+            if actions not in fine or len(fine) < 3:
+                return cache[actions]
+            # the refined scale differs from the cheap one (longer training scores higher);
+            # the median shift over the refined placements maps one onto the other
+            offset = float(torch.tensor([fine[a] - cache[a] for a in fine]).median())
+            return fine[actions] - offset
 
         for acts0 in initial:
             if len(acts0) != problem.n_layers or not all(0 <= int(a) < problem.n_actions for a in acts0):
@@ -210,7 +261,19 @@ class ReinforcePlacementAgent:
                 ent = ent + dist.entropy()
                 used = used + problem.costs[layer, a].float()
                 acts[:, layer] = a
-            rewards = [score(tuple(int(v) for v in row)) for row in acts]
+            rows = [tuple(int(v) for v in row) for row in acts]
+            for row in rows:
+                score(row)
+            if can_refine and cfg.promote_visits is not None:
+                # contenders the agent keeps coming back to; the last refine_top refinements
+                # are kept for the end of the search
+                top = sorted(cache.values(), reverse=True)[: max(1, cfg.refine_top)]
+                for row in dict.fromkeys(rows):
+                    if visits[row] >= cfg.promote_visits and cache[row] >= top[-1] and row not in fine:
+                        if cfg.max_refinements is not None and len(fine) >= cfg.max_refinements - cfg.refine_top:
+                            break
+                        refine(row)
+            rewards = [learning_reward(row) for row in rows]
             episodes += k
             r = torch.tensor(rewards)
             mean = float(r.mean())
@@ -229,15 +292,22 @@ class ReinforcePlacementAgent:
             opt.zero_grad()
             loss.backward()
             opt.step()
-        best = max(cache, key=lambda k: cache[k])
+        best_cheap = max(cache, key=lambda a: cache[a])
+        if can_refine:  # the best few by cheap reward, in order, until the cap
+            for acts_ in sorted(cache, key=lambda a: -cache[a])[: cfg.refine_top]:
+                if not refine(acts_):
+                    break
+        best = max(fine, key=lambda a: fine[a]) if fine else best_cheap
         return SearchResult(
             best_actions=list(best),
-            best_reward=cache[best],
+            best_reward=fine.get(best, cache[best]),
             best_cost=problem.cost(best),
             n_evaluations=len(cache),
             n_episodes=episodes,
             mean_reward=means,
             evaluated=evaluated,
+            refined=[(list(a), cache[a], fine[a]) for a in fine],
+            best_cheap_actions=list(best_cheap),
         )
 
 
