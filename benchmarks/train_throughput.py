@@ -166,9 +166,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     torch.set_num_threads(THREADS)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) if args.devices == "auto" else args.devices.split(",")
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(f"torch {torch.__version__}, threads pinned to {torch.get_num_threads()} (both sides); "
-          f"batch 10; repeats {args.repeats}")
-    report: dict = {"threads": THREADS, "torch": torch.__version__, "results": []}
+          f"batch 10; repeats {args.repeats}; {os.cpu_count()} CPUs, load average "
+          + (" ".join(f"{v:.2f}" for v in load) if load else "n/a"))
+    report: dict = {"threads": THREADS, "torch": torch.__version__, "cpus": os.cpu_count(),
+                    "load_average_start": load, "results": []}
     for name in args.workloads.split(","):
         x, y, sizes = workload_data(name, args.samples)
         with tempfile.TemporaryDirectory() as tmp:
@@ -196,6 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
                              f" | ratio {ratio:.2f}x (per-pair min {min(ratios):.2f}x)")
                 print(line, flush=True)
                 report["results"].append(row)
+    report["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return report

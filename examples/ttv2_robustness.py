@@ -12,6 +12,7 @@ a validation split (docs/training.md).  The study itself is hil.training.robustn
 
     python examples/ttv2_robustness.py --quick --json quick.json    # < 5 min on 2 cores
     python examples/ttv2_robustness.py --json full.json             # the full grid (slow)
+    python examples/ttv2_robustness.py --networks cnn --base-only   # the CNN at the base point
 
 JSON: {"fp_sgd": <accuracy>, "results": [{"algorithm": "analog_sgd"|"tt"|"ttv2"|"cttv2",
 "states", "c2c", "read_noise", "accuracy_mean", "accuracy_std"}, ...]} for the MLP; the CNN
@@ -35,6 +36,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--json", default=None, help="write the table as JSON here")
     p.add_argument("--networks", default=None,
                    help="comma list of mlp, cnn (default: mlp with --quick, else mlp,cnn)")
+    p.add_argument("--base-only", action="store_true",
+                   help="every algorithm at the base point only (e.g. the CNN: --networks cnn --base-only)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--jobs", type=int, default=2, help="worker processes (1 torch thread each)")
@@ -45,6 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
         seeds=args.seeds,
         epochs=args.epochs,
         jobs=args.jobs,
+        base_only=args.base_only,
         command="python examples/ttv2_robustness.py " + " ".join(argv),
     )
     print(f"total {report['meta']['seconds']:.0f} s")

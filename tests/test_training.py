@@ -323,3 +323,44 @@ def test_controller_refuses_bad_factory_and_model() -> None:
         TrainingController(torch.nn.Linear(2, 2), TrainingConfig(), lambda r, c, role: NumericCrossbar(r, c))
     with pytest.raises(ValueError, match="expected 2x3"):
         TrainingController(AnalogLinear(3, 2), TrainingConfig(), lambda r, c, role: NumericCrossbar(2, 2))
+
+
+def test_recommended_settings_cover_every_network_and_algorithm() -> None:
+    """Each digits network has its own tuned entry for every algorithm, and one out_scale per
+    analog layer; the robustness plan with ``base_only`` runs every algorithm at the base."""
+    from hil.nn import analog_layers, convert_to_analog
+    from hil.training.digits import OUT_SCALE, RECOMMENDED, digits_network, recommended_config
+    from hil.training.robustness import ALGORITHMS, BASE, plan
+
+    for net in ("mlp", "cnn"):
+        assert set(RECOMMENDED[net]) == {"fp_sgd", *ALGORITHMS}
+        for alg in ALGORITHMS:
+            assert recommended_config(alg, net).algorithm == alg
+        model = convert_to_analog(digits_network(net), out_scale=OUT_SCALE[net])
+        assert [m.out_scale for _, m in analog_layers(model)] == OUT_SCALE[net]
+    assert RECOMMENDED["cnn"] is not RECOMMENDED["mlp"]
+    assert plan(False, ["cnn"], base_only=True) == [("cnn", a, BASE) for a in ALGORITHMS]
+
+
+def test_robustness_report_format_base_point(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The JSON of examples/ttv2_robustness.py: fp_sgd and one row per algorithm at the base
+    point (1 epoch, 1 seed, 200 training samples, in-process: a format check only)."""
+    import hil.training.digits as digits
+    from hil.datasets import Split, load_digits_split
+    from hil.training.robustness import ALGORITHMS, BASE, run_robustness
+
+    d = load_digits_split()
+    small = Split(d.x_train[:200], d.y_train[:200], d.x_test[:100], d.y_test[:100])
+    monkeypatch.setattr(digits, "load_digits_split", lambda: small)
+
+    threads = torch.get_num_threads()
+    try:
+        rep = run_robustness(networks=["mlp"], seeds=1, epochs=1, jobs=1, log=None, base_only=True)
+    finally:
+        torch.set_num_threads(threads)  # the in-process worker pins 1 thread
+    assert 0.0 <= rep["fp_sgd"] <= 1.0
+    assert [r["algorithm"] for r in rep["results"]] == ALGORITHMS
+    for r in rep["results"]:
+        assert {k: r[k] for k in BASE} == BASE
+        assert 0.0 <= r["accuracy_mean"] <= 1.0 and r["accuracy_std"] == 0.0
+    assert len(rep["meta"]["runs"]) == 1 + len(ALGORITHMS)

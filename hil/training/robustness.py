@@ -16,8 +16,9 @@ re-tuned per point.  :func:`run_robustness` returns the JSON-ready report::
      "cnn": {"fp_sgd": ..., "results": [...]},         # further networks by name
      "meta": {...}}                                    # settings, per-seed runs, timings
 
-``quick=True`` (what ``hil demo`` runs): the MLP only, every algorithm at the base point
-and analog SGD and TTv2 along the c2c axis.
+``quick=True``: the MLP only, every algorithm at the base point and analog SGD and TTv2
+along the c2c axis (under 5 minutes on 2 cores).  ``base_only=True``: every algorithm at
+the base point only (e.g. the CNN).
 """
 
 from __future__ import annotations
@@ -48,11 +49,14 @@ def grid_points(axes: dict[str, list[float]]) -> list[dict[str, float]]:
     return points
 
 
-def plan(quick: bool, networks: list[str]) -> list[tuple[str, str, dict[str, float]]]:
-    """(network, algorithm, point) of every configuration to run."""
+def plan(quick: bool, networks: list[str], base_only: bool = False) -> list[tuple[str, str, dict[str, float]]]:
+    """(network, algorithm, point) of every configuration to run (``base_only``: every
+    algorithm at the base point only)."""
     jobs = []
     for net in networks:
-        if quick:
+        if base_only:
+            jobs += [(net, alg, dict(BASE)) for alg in ALGORITHMS]
+        elif quick:
             for alg in ALGORITHMS:
                 jobs.append((net, alg, dict(BASE)))
             for c2c in AXES["c2c"]:
@@ -89,12 +93,14 @@ def run_robustness(
     jobs: int = 2,
     log: Callable[[str], None] | None = print,
     command: str = "",
+    base_only: bool = False,
 ) -> dict[str, Any]:
-    """Run the study (see the module doc); ``jobs`` worker processes with 1 torch thread each."""
+    """Run the study (see the module doc); ``jobs`` worker processes with 1 torch thread each.
+    ``base_only``: every algorithm at the base point only (no axes)."""
     networks = networks or (["mlp"] if quick else ["mlp", "cnn"])
     seed_list = list(range(seeds))
     tasks = [(net, "fp_sgd", {}, s, epochs) for net in networks for s in seed_list]
-    tasks += [(net, alg, pt, s, epochs) for net, alg, pt in plan(quick, networks) for s in seed_list]
+    tasks += [(net, alg, pt, s, epochs) for net, alg, pt in plan(quick, networks, base_only) for s in seed_list]
     say = log or (lambda _msg: None)
     t0 = time.perf_counter()
     say(f"{len(tasks)} training runs on {jobs} worker(s), 1 torch thread each")
@@ -114,12 +120,12 @@ def run_robustness(
     report: dict[str, Any] = {}
     meta: dict[str, Any] = {
         "command": command, "epochs": epochs, "batch_size": 10, "seeds": seed_list, "base": BASE,
-        "axes": {"c2c": AXES["c2c"]} if quick else AXES, "runs": [], "fp_sgd_std": {},
+        "axes": {} if base_only else {"c2c": AXES["c2c"]} if quick else AXES, "base_only": base_only, "runs": [], "fp_sgd_std": {},
     }
     for net in networks:
         fp = [r[4] for r in done if r[0] == net and r[1] == "fp_sgd"]
         rows = []
-        for n2, alg, point in plan(quick, [net]):
+        for n2, alg, point in plan(quick, [net], base_only):
             accs = [r[4] for r in done if r[0] == n2 and r[1] == alg and r[2] == point]
             rows.append({
                 "algorithm": alg, "states": point["states"], "c2c": point["c2c"],
