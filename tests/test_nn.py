@@ -148,3 +148,32 @@ def test_inference_without_grad_records_nothing() -> None:
     assert torch.allclose(y, torch.full((5, 2), 1.5) + layer.bias)
     assert layer.pop_pending() is None
     assert torch.allclose(layer.read_weights(), torch.full((2, 3), 0.5))
+
+
+def test_convert_to_analog_nested_order_and_digital_subtrees() -> None:
+    class Kept(nn.Module):
+        hil_digital = True
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(3, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x)
+
+    net = nn.Sequential(nn.Sequential(nn.Linear(4, 5), nn.ReLU()), nn.Linear(5, 3), Kept())
+    made: list[tuple[int, int, str]] = []
+
+    def factory(rows: int, cols: int, role: str) -> SimulatedCrossbar:
+        made.append((rows, cols, role))
+        return ideal_array(rows, cols)
+
+    analog = convert_to_analog(net, factory, out_scale=[2.0, 3.0])
+    # layers in named_modules order (the nested one first), out_scale matched in that order
+    assert made == [(5, 4, "W"), (3, 5, "W")]
+    assert analog[0][0].out_scale == 2.0 and analog[1].out_scale == 3.0
+    assert isinstance(analog[2].fc, nn.Linear)  # a module marked hil_digital stays digital
+    kept = Kept()
+    assert convert_to_analog(kept) is not kept and isinstance(convert_to_analog(kept).fc, nn.Linear)
+    with pytest.raises(ValueError, match="3 out_scale values for 2 layers"):
+        convert_to_analog(net, out_scale=[1.0, 1.0, 1.0])

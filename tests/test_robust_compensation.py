@@ -103,11 +103,6 @@ def test_compensation_improves_accuracy_on_fresh_chips() -> None:
     assert 0.0 <= digital_only_accuracy(comp, d.x_test, d.y_test) <= 1.0
 
 
-@pytest.mark.xfail(
-    reason="hil.nn.convert_to_analog converts every nn.Linear/nn.Conv2d, also inside a DigitalModule "
-    "(the compensation blocks); the fix belongs in hil/nn (skip subtrees with hil_digital)",
-    strict=False,
-)
 def test_convert_to_analog_leaves_the_compensation_blocks_digital() -> None:
     from hil.nn.convert import convert_to_analog
 

@@ -28,7 +28,10 @@ def convert_to_analog(
 
     Every ``nn.Linear`` becomes an :class:`AnalogLinear` and every ``nn.Conv2d``
     (groups 1, dilation 1, zero padding) an :class:`AnalogConv2d`; biases are
-    copied into the digital bias.  Other modules are kept.
+    copied into the digital bias.  Other modules are kept.  A module with the
+    attribute ``hil_digital = True`` (e.g. the error-compensation blocks of
+    :mod:`hil.robust`, which live in variation-free digital memory) is kept
+    digital with everything inside it; such a root is returned unchanged.
 
     factory:
         ``(rows, cols, role) -> CrossbarBackend``; when given, every layer gets
@@ -49,13 +52,12 @@ def convert_to_analog(
         raise ValueError("convert_to_analog: program=True needs a factory to make the arrays")
     root = module if inplace else copy.deepcopy(module)
     targets: list[tuple[nn.Module | None, str, nn.Module]] = []
-    if isinstance(root, (nn.Linear, nn.Conv2d)):
+    if is_digital(root):
+        targets = []
+    elif isinstance(root, (nn.Linear, nn.Conv2d)):
         targets.append((None, "", root))
     else:
-        for name, child in list(root.named_modules()):
-            for cname, grandchild in list(child.named_children()):
-                if isinstance(grandchild, (nn.Linear, nn.Conv2d)):
-                    targets.append((child, f"{name}.{cname}" if name else cname, grandchild))
+        _collect_layers(root, "", targets)
     if isinstance(out_scale, (int, float)):
         scales = [float(out_scale)] * len(targets)
     else:
@@ -70,6 +72,26 @@ def convert_to_analog(
             return new
         setattr(parent, full.rsplit(".", 1)[-1], new)
     return root
+
+
+def is_digital(module: nn.Module) -> bool:
+    """Whether ``module`` is marked to stay digital (``hil_digital = True``)."""
+    return bool(getattr(module, "hil_digital", False))
+
+
+def _collect_layers(
+    parent: nn.Module, prefix: str, out: list[tuple[nn.Module | None, str, nn.Module]]
+) -> None:
+    """Append ``(parent, dotted name, layer)`` for every Linear/Conv2d below ``parent``
+    (``named_modules`` order), not descending into modules marked digital."""
+    for cname, child in parent.named_children():
+        full = f"{prefix}.{cname}" if prefix else cname
+        if is_digital(child):
+            continue
+        if isinstance(child, (nn.Linear, nn.Conv2d)):
+            out.append((parent, full, child))
+        else:
+            _collect_layers(child, full, out)
 
 
 def _convert_one(
