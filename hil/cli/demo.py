@@ -4,8 +4,10 @@
 2. characterizes it with a pulse-response protocol (``hil.characterization``),
 3. fits a device model to those measurements (``hil.calibration``) and compares it
    with the preset that generated them,
-4. trains the digits MLP with floating-point SGD, analog SGD and Tiki-Taka v2
-   (and, without ``--quick``, Tiki-Taka v1 and chopped TTv2) on simulated arrays,
+4. runs the quick subset of the TTv2 robustness study (``examples/ttv2_robustness.py
+   --quick``): the digits MLP with floating-point SGD, analog SGD, Tiki-Taka v1, TTv2 and
+   chopped TTv2 at the base point, and analog SGD and TTv2 along the c2c-noise axis
+   (3 seeds; ``--quick``: 1 seed),
 5. extracts the TTv2 model by averaging iterates and deploys it onto a second array,
 
 and prints a short table of everything it measured.
@@ -64,17 +66,16 @@ def _characterize(preset: str, quick: bool, seed: int, workdir: Path) -> dict[st
 
 
 @click.command()
-@click.option("--quick", is_flag=True, help="small subset: finishes in under 2 minutes on 2 cores")
+@click.option("--quick", is_flag=True, help="1 seed instead of 3, shorter characterization and extraction")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="write every figure printed to this JSON file")
 @click.option("--device", "preset", default="rram-softbounds-20", show_default=True, help="device preset to simulate")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--threads", default=1, show_default=True, help="torch CPU threads")
 def demo(quick: bool, json_path: Path | None, preset: str, seed: int, threads: int) -> None:
-    """Characterize, calibrate, train (SGD, TTv2) and extract on a simulated array; print a table."""
+    """Characterize, calibrate, train (SGD, TT, TTv2, c-TTv2) and extract on a simulated array; print a table."""
     import torch
 
     from hil.config import dump_json
-    from hil.training import train_digits
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
@@ -87,28 +88,34 @@ def demo(quick: bool, json_path: Path | None, preset: str, seed: int, threads: i
     for k, v in char.items():
         click.echo(f"  {k:<22} {v}")
 
-    click.echo("== 4. digits MLP 64-32-10 on simulated arrays (20-state soft-bounds device, c2c 1.0, read noise 0.06)")
-    algorithms = ["fp_sgd", "analog_sgd", "ttv2"] if quick else ["fp_sgd", "analog_sgd", "tt", "ttv2", "cttv2"]
-    epochs = 8 if quick else None
-    results = []
-    for alg in algorithms:
-        r = train_digits(alg, "mlp", seed=seed, epochs=epochs, progress=True)
-        results.append({"name": alg, "test_accuracy": round(r.test_accuracy, 4), "seconds": round(r.seconds, 1), "epochs": len(r.history) or epochs})
+    click.echo(
+        "== 4. TTv2 robustness study, quick subset (examples/ttv2_robustness.py --quick): digits MLP 64-32-10, "
+        "20-state soft-bounds device, c2c 1.0, d2d 0.3, read noise 0.06; c2c axis for analog SGD and TTv2"
+    )
+    from hil.training.robustness import BASE, run_robustness
 
-    extraction = None
-    try:
-        from hil.extraction import run_extraction_demo
-    except ImportError:
-        run_extraction_demo = None
-    if run_extraction_demo is not None:
-        click.echo("== 5. model extraction: averaging TTv2 iterates, deployment onto a second array")
-        extraction = run_extraction_demo(quick=quick, seeds=(seed,))
-        out["extraction"] = extraction
-        for key in ("last_iterate_digital", "average_digital", "average_deployed"):
-            if key in extraction:
-                acc = extraction[key]
-                acc = acc["mean"] if isinstance(acc, dict) else acc
-                results.append({"name": f"ttv2_{key}", "test_accuracy": round(float(acc), 4)})
+    seeds = 1 if quick else 3
+    robust = run_robustness(
+        quick=True, networks=["mlp"], seeds=seeds, epochs=15, jobs=2, log=click.echo,
+        command=f"hil demo{' --quick' if quick else ''} (seeds {seed}..{seed + seeds - 1})",
+        first_seed=seed,
+    )
+    out["robustness"] = robust
+    results = [{"name": "fp_sgd", "test_accuracy": round(robust["fp_sgd"], 4)}]
+    for row in robust["results"]:
+        if all(row[k] == v for k, v in BASE.items()):
+            results.append({"name": row["algorithm"], "test_accuracy": round(row["accuracy_mean"], 4)})
+
+    from hil.extraction import run_extraction_demo
+
+    click.echo("== 5. model extraction: averaging constant-rate TTv2 iterates, deployment onto a second array")
+    extraction = run_extraction_demo(quick=quick, seeds=(seed,), cosine=False, analog=False)
+    out["extraction"] = extraction
+    for key in ("last_iterate_digital", "average_digital", "average_deployed"):
+        if key in extraction:
+            acc = extraction[key]
+            acc = acc["mean"] if isinstance(acc, dict) else acc
+            results.append({"name": f"ttv2_{key}", "test_accuracy": round(float(acc), 4)})
 
     out["results"] = results
     click.echo("")

@@ -94,11 +94,13 @@ def run_robustness(
     log: Callable[[str], None] | None = print,
     command: str = "",
     base_only: bool = False,
+    first_seed: int = 0,
 ) -> dict[str, Any]:
     """Run the study (see the module doc); ``jobs`` worker processes with 1 torch thread each.
-    ``base_only``: every algorithm at the base point only (no axes)."""
+    ``base_only``: every algorithm at the base point only (no axes); seeds
+    ``first_seed .. first_seed + seeds - 1``."""
     networks = networks or (["mlp"] if quick else ["mlp", "cnn"])
-    seed_list = list(range(seeds))
+    seed_list = list(range(first_seed, first_seed + seeds))
     tasks = [(net, "fp_sgd", {}, s, epochs) for net in networks for s in seed_list]
     tasks += [(net, alg, pt, s, epochs) for net, alg, pt in plan(quick, networks, base_only) for s in seed_list]
     say = log or (lambda _msg: None)
