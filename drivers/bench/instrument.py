@@ -566,6 +566,27 @@ class Instrument(abc.ABC):
             code=errors[0][0],
         )
 
+    def check_tsp_error_queue(self, max_entries: int = 20) -> None:
+        """Error check of a Keithley TSP instrument (2600B SMU, 707B/708B matrix).
+
+        Reads ``print(errorqueue.next())`` until it answers code 0 (``0.00000e+00<TAB>Queue
+        Is Empty<TAB>...``), at most ``max_entries`` times; raises :class:`InstrumentError`
+        listing the errors read, or for an entry that is not ``<code><TAB><message>...``.
+        """
+        errors: list[tuple[int, str]] = []
+        for _ in range(max_entries):
+            reply = self.query("print(errorqueue.next())")
+            parts = reply.split("\t")
+            try:
+                code = int(float(parts[0]))
+            except ValueError:
+                raise InstrumentError(self.name, "print(errorqueue.next())", f"unreadable error entry {reply!r}") from None
+            if code == 0:
+                break
+            errors.append((code, parts[1] if len(parts) > 1 else ""))
+        if errors:
+            self.raise_queue_errors(errors, skip=("print(errorqueue",))
+
     @abc.abstractmethod
     def check_errors(self) -> None:
         """Read the instrument's error queue; raise :class:`InstrumentError` if it holds errors."""

@@ -208,19 +208,7 @@ class Keithley2600B(Instrument):
         Exchange when the queue is empty: ``print(errorqueue.next())`` ->
         ``0.00000e+00<TAB>Queue Is Empty<TAB>...``.
         """
-        errors: list[tuple[int, str]] = []
-        for _ in range(MAX_ERRORS_READ):
-            reply = self.query("print(errorqueue.next())")
-            parts = reply.split("\t")
-            try:
-                code = int(float(parts[0]))
-            except ValueError:
-                raise InstrumentError(self.name, "print(errorqueue.next())", f"unreadable error entry {reply!r}") from None
-            if code == 0:
-                break
-            errors.append((code, parts[1] if len(parts) > 1 else ""))
-        if errors:
-            self.raise_queue_errors(errors, skip=("print(errorqueue",))
+        self.check_tsp_error_queue(MAX_ERRORS_READ)
 
     # -------------------------------------------------------------- dry run
     def dry_run_note(self, command: str) -> None:

@@ -164,19 +164,7 @@ class Keithley707B(Instrument):
 
     def check_errors(self) -> None:
         """Read ``errorqueue.next()`` until empty; :class:`InstrumentError` if it held errors."""
-        errors: list[tuple[int, str]] = []
-        for _ in range(MAX_ERRORS_READ):
-            reply = self.query("print(errorqueue.next())")
-            parts = reply.split("\t")
-            try:
-                code = int(float(parts[0]))
-            except ValueError:
-                raise InstrumentError(self.name, "print(errorqueue.next())", f"unreadable error entry {reply!r}") from None
-            if code == 0:
-                break
-            errors.append((code, parts[1] if len(parts) > 1 else ""))
-        if errors:
-            self.raise_queue_errors(errors, skip=("print(errorqueue",))
+        self.check_tsp_error_queue(MAX_ERRORS_READ)
 
     # -------------------------------------------------------------- dry run
     def dry_run_note(self, command: str) -> None:
