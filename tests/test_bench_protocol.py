@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from bench_common import BENCH_LIMITS
 
 from hil.drivers.bench.instrument import (
     DryRunQueryError,
@@ -29,14 +30,7 @@ EMPTY_TSP = b"0.00000e+00\tQueue Is Empty\t0.00000e+00\t0.00000e+00\n"
 
 @pytest.fixture
 def limits() -> SafetyLimits:
-    return SafetyLimits(
-        max_read_voltage_v=0.5,
-        max_write_voltage_v=2.0,
-        min_pulse_width_s=1e-7,
-        max_pulse_width_s=1e-2,
-        compliance_current_a=1e-3,
-        max_pulses_per_call=100,
-    )
+    return BENCH_LIMITS.model_copy()
 
 
 # --------------------------------------------------------------------- helper

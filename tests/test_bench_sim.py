@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bench_common import BENCH_LIMITS
 
 from hil.drivers.bench.crossbar import open_visa_resource
 from hil.drivers.bench.instrument import InstrumentError, InstrumentTimeout
@@ -33,14 +34,7 @@ RESOURCES = {
 
 @pytest.fixture
 def limits() -> SafetyLimits:
-    return SafetyLimits(
-        max_read_voltage_v=0.5,
-        max_write_voltage_v=2.0,
-        min_pulse_width_s=1e-7,
-        max_pulse_width_s=1e-2,
-        compliance_current_a=1e-3,
-        max_pulses_per_call=100,
-    )
+    return BENCH_LIMITS.model_copy()
 
 
 @pytest.fixture
