@@ -146,9 +146,10 @@ class SimulatedCrossbar(CrossbarBackend):
         )
 
     def _pulse(self, counts: torch.Tensor) -> None:
-        c = counts.to(self.weights.dtype)
-        self.weights = self.devices.apply(
-            self.weights, c.clamp(min=0), (-c).clamp(min=0), self.generator, self.config.update.max_chunks
+        # signed (integer) counts, split into up / down pulses and converted to floats only
+        # on the pulsed devices when few are pulsed
+        self.weights = self.devices.apply_signed(
+            self.weights, counts, self.generator, self.config.update.max_chunks
         )
 
     def _read(self) -> torch.Tensor:

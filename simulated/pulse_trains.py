@@ -11,7 +11,8 @@ management): ``C = sqrt(lr d_max / (dw BL x_max))``.  Each device gets at most
 ``BL`` pulses per sample.
 
 All coincidences of a mini-batch are counted at once with two matrix products
-over the ``batch * BL`` slot axis (total pulses and signed net pulses), which
+over the ``batch * BL`` slot axis (total pulses and signed net pulses; only the
+slots in which some line of one side fires are drawn for the other side), which
 gives the number of up and down pulses per device; the device model then
 applies them interleaved.  No Python loop over devices, pulses or samples.
 The products are exact integer arithmetic: int8 GEMM (``torch._int_mm``) on
@@ -57,6 +58,9 @@ def pulse_probabilities(
 
 
 _INT_MM_OK: dict[str, bool] = {}
+# above this fraction of active slots the second side is drawn for every slot (gathering
+# the active ones would cost more than it saves)
+_DENSE_SLOTS = 0.5
 
 
 def _int_mm_works(device: torch.device) -> bool:
@@ -88,6 +92,16 @@ def count_matmul(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.
     return a.to(dtype) @ b.to(dtype)
 
 
+def _active_slot_cost(p_first: torch.Tensor, n_second: int, bl: int) -> float:
+    """Expected number of random draws when the trains of ``p_first`` ``[batch, n]`` are
+    drawn in full and the other side's (``n_second`` lines) only in the slots where a
+    line of the first side fires."""
+    batch, n_first = p_first.shape
+    # probability that at least one line of the first side fires in a slot of sample b
+    q = -torch.expm1(torch.log1p(-p_first.clamp(max=1.0)).sum(dim=1))
+    return float(batch * bl * n_first) + float(bl * n_second) * float(q.sum())
+
+
 def coincidence_total_net(
     x: torch.Tensor,
     d: torch.Tensor,
@@ -101,23 +115,55 @@ def coincidence_total_net(
     ``total = n_up + n_down`` and ``net = n_up - n_down`` (float tensors holding whole
     numbers).  x ``[batch, cols]``, d ``[batch, rows]``; ``lr`` > 0 decreases ``W``
     along ``d x^T``.
+
+    The trains of one side (rows or columns, whichever needs fewer random draws in
+    expectation) are drawn for all ``batch * BL`` slots; those of the other side only
+    for the slots in which at least one line of the first side fires (elsewhere no
+    device can see a coincidence), or for all slots when most of them are active.  The
+    trains are independent, so this is exact in distribution; both choices are
+    deterministic given the generator's state.
     """
     batch, cols = x.shape
     rows = d.shape[1]
     p_x, p_d = pulse_probabilities(x, d, lr, dw, cfg)
     bl = cfg.bl
     dev, dt = x.device, x.dtype
-    fx = torch.rand((batch, bl, cols), generator=generator, device=dev, dtype=dt) < p_x[:, None, :]
-    fd = torch.rand((batch, bl, rows), generator=generator, device=dev, dtype=dt) < p_d[:, None, :]
     sign = -1 if lr > 0 else 1
-    sx = torch.sign(x).to(torch.int8)[:, None, :]
-    sd = (torch.sign(d) * sign).to(torch.int8)[:, None, :]
+    s_x = torch.sign(x).to(torch.int8)
+    s_d = (torch.sign(d) * sign).to(torch.int8)
+    rows_first = _active_slot_cost(p_d, cols, bl) <= _active_slot_cost(p_x, rows, bl)
+    p_a, p_b = (p_d, p_x) if rows_first else (p_x, p_d)
+    n_a, n_b = p_a.shape[1], p_b.shape[1]
     k = batch * bl
-    fx8 = fx.to(torch.int8)
-    fd8 = fd.to(torch.int8)
-    fd_t = fd8.reshape(k, rows).T.contiguous()
-    total = count_matmul(fd_t, fx8.reshape(k, cols), dt)
-    net = count_matmul((fd8 * sd).reshape(k, rows).T.contiguous(), (fx8 * sx).reshape(k, cols), dt)
+    fa = torch.rand((batch, bl, n_a), generator=generator, device=dev, dtype=dt) < p_a[:, None, :]
+    # [batch, bl]: some line of the first side fires (amax of uint8: bool any() is slow on CPU)
+    active = fa.view(torch.uint8).amax(dim=2) > 0
+    n_active = int(active.sum())
+    if n_active == 0:
+        zeros = torch.zeros((rows, cols), device=dev, dtype=dt)
+        return zeros, zeros.clone()
+    if n_active > _DENSE_SLOTS * k:
+        # most slots active: draw the other side for every slot (no gather)
+        fb = torch.rand((batch, bl, n_b), generator=generator, device=dev, dtype=dt) < p_b[:, None, :]
+        fd, fx = (fa, fb) if rows_first else (fb, fa)
+        fd8 = fd.to(torch.int8)  # [batch, bl, rows]
+        fx8 = fx.to(torch.int8)  # [batch, bl, cols]
+        sd = (fd8 * s_d[:, None, :]).reshape(k, rows)
+        sx = (fx8 * s_x[:, None, :]).reshape(k, cols)
+        fd8, fx8 = fd8.reshape(k, rows), fx8.reshape(k, cols)
+    else:
+        slots = torch.nonzero(active.reshape(-1)).view(-1)  # active slots, ascending
+        sample = torch.div(slots, bl, rounding_mode="floor")
+        fb = torch.rand((n_active, n_b), generator=generator, device=dev, dtype=dt)
+        fb = fb < p_b.index_select(0, sample)
+        fa = fa.reshape(k, n_a).index_select(0, slots)
+        fd, fx = (fa, fb) if rows_first else (fb, fa)
+        fd8 = fd.to(torch.int8)  # [n_active, rows]
+        fx8 = fx.to(torch.int8)  # [n_active, cols]
+        sd = fd8 * s_d.index_select(0, sample)
+        sx = fx8 * s_x.index_select(0, sample)
+    total = count_matmul(fd8.T.contiguous(), fx8, dt)
+    net = count_matmul(sd.T.contiguous(), sx, dt)
     return total, net
 
 
