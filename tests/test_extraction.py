@@ -185,6 +185,27 @@ def test_differential_pair_programs_and_reads_the_difference():
     assert float((pair.forward(x) - x @ target.T).abs().max()) < 0.011 * 4
 
 
+def test_pair_trim_halves_the_weight_error_of_a_noisy_device():
+    # pcm-noisy: c2c 1.5 of the step, so each device lands anywhere within tol; without the
+    # trim the two errors add, with it G+ absorbs G-'s error
+    errs = {}
+    target = torch.empty(16, 32).uniform_(-1.6, 1.6, generator=torch.Generator().manual_seed(1))
+    for trim in (False, True):
+        base = SimulatedCrossbar(16, 64, device="pcm-noisy", periphery=PeripheryConfig.ideal(), seed=4)
+        pair = DifferentialPair(base)
+        rep = pair.program(target, tol=0.02, max_iter=100, n_reads=16, trim=trim)
+        g = base.true_weights()
+        errs[trim] = float((g[:, :32] - g[:, 32:] - target).pow(2).mean().sqrt())
+        assert rep.pulses_spent > 0 and rep.reads > 0
+    assert errs[True] < 0.75 * errs[False], errs
+
+
+def test_pair_refuses_in_situ_training():
+    pair = DifferentialPair(SimulatedCrossbar(2, 4, device="ideal", seed=0))
+    with pytest.raises(TypeError, match="deployment mapping"):
+        pair.update(torch.rand(1, 2), torch.rand(1, 2), lr=0.1)
+
+
 def test_read_precise_uses_the_reads_the_noise_needs():
     a = SimulatedCrossbar(4, 8, device="softbounds-20", periphery=NOISY, seed=3)
     r = read_precise(a.read, precision=0.01, max_reads=1000)

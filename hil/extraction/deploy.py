@@ -25,9 +25,11 @@ class DifferentialPair(CrossbarBackend):
     conversion; the weight read noise of both devices adds).
 
     :meth:`program` writes ``G+ = target / 2``, ``G- = -target / 2`` (both devices in the
-    middle of their range) with the base array's write-verify; the range is twice the
-    device's.  :meth:`pulse` potentiates ``G+`` for positive and ``G-`` for negative counts
-    (set pulses only, as on PCM).  In-situ training (``update``) is not supported.
+    middle of their range) with the base array's write-verify, then trims ``G+`` against
+    the ``G-`` it reads, so that the weight error is one device's, not the sum of two; the
+    range is twice the device's.  :meth:`pulse` potentiates ``G+`` for positive and ``G-``
+    for negative counts (set pulses only, as on PCM).  In-situ training (``update``) is
+    refused with a ``TypeError``: a pair is a deployment mapping.
     """
 
     def __init__(self, base: CrossbarBackend) -> None:
@@ -54,21 +56,44 @@ class DifferentialPair(CrossbarBackend):
         return z[:, : self.cols] - z[:, self.cols :]
 
     def _update(self, x: torch.Tensor, d: torch.Tensor, lr: float) -> None:
-        raise NotImplementedError("DifferentialPair is for deployment (program / forward), not in-situ training")
+        raise TypeError("DifferentialPair is a deployment mapping (program / forward / read); "
+                        "train on the arrays themselves, not on a pair")
 
     def _pulse(self, counts: torch.Tensor) -> None:
         self.base.pulse(torch.cat([counts.clamp(min=0), (-counts).clamp(min=0)], dim=1))
 
     def program(self, target: torch.Tensor, tol: float = 0.02, max_iter: int = 50, *, n_reads: int = 1,
-                max_pulses_per_iter: int = 32) -> ProgramReport:
-        """Write-verify of ``G+ = target / 2`` and ``G- = -target / 2`` on the base array (``tol``
-        per device); the report is the base array's (per device, base units)."""
+                max_pulses_per_iter: int = 32, trim: bool = True) -> ProgramReport:
+        """Write-verify of ``target`` ``[rows, cols]`` (normalized pair units) in two phases.
+
+        1. ``G+ = target / 2`` and ``G- = -target / 2`` on the base array, ``tol`` per device;
+        2. with ``trim`` (default): ``G-`` is read (``4 n_reads`` reads averaged, at least 16)
+           and ``G+`` is written again to ``target + G-`` (``G-`` targets its own read, so it is
+           left alone unless read noise puts it outside ``tol``).
+
+        Without the trim the weight error is the sum of two device errors (each up to
+        ``tol``); with it, ``G+``'s error plus the read error of ``G-``.  The report is the
+        base array's (per device, base units) after the last phase, with the pulses, reads
+        and rounds of both phases.
+        """
         self._check_open()
         target = check_matrix(target, "target", self.shape, device=self.device, where="DifferentialPair.program")
-        half = 0.5 * target.to(torch.float32)
+        target = target.to(torch.float32)
+        half = 0.5 * target
         self.counts.program_calls += 1
-        return self.base.program(torch.cat([half, -half], dim=1), tol=tol, max_iter=max_iter,
+        coarse = self.base.program(torch.cat([half, -half], dim=1), tol=tol, max_iter=max_iter,
+                                   n_reads=n_reads, max_pulses_per_iter=max_pulses_per_iter)
+        if not trim:
+            return coarse
+        n_trim = max(4 * int(n_reads), 16)
+        g_minus = self.base.read(n_trim)[:, self.cols :]
+        info = self.base.info
+        g_plus = (target + g_minus).clamp(info.w_min, info.w_max)
+        fine = self.base.program(torch.cat([g_plus, g_minus], dim=1), tol=tol, max_iter=max_iter,
                                  n_reads=n_reads, max_pulses_per_iter=max_pulses_per_iter)
+        return fine.model_copy(update={"pulses_spent": coarse.pulses_spent + fine.pulses_spent,
+                                       "reads": coarse.reads + n_trim + fine.reads,
+                                       "iterations": coarse.iterations + fine.iterations})
 
     def close(self) -> None:
         super().close()
