@@ -4,6 +4,8 @@ The emulator serves the instruments' command subsets on 127.0.0.1 (opened as
 ``TCPIP::127.0.0.1::PORT::SOCKET``) and is backed by a hidden SimulatedCrossbar,
 so reads, pulses, updates and write-verify can be checked against the truth,
 and the traffic is audited (no value beyond the limits, no hot switching).
+The safe state is checked after an instrument error, a timeout, Ctrl-C, a
+dropped connection, ``close()``, the end of a ``with`` block and interpreter exit.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from hil.drivers.bench import (
     BenchConfig,
     BenchCrossbar,
     BenchEmulator,
+    InstrumentConnectionLost,
     InstrumentError,
     InstrumentTimeout,
 )
@@ -286,13 +289,113 @@ def test_interpreter_exit_runs_the_safe_state(config: BenchConfig) -> None:
         xb.close()
 
 
+def test_context_manager_exit_runs_the_safe_state(config: BenchConfig) -> None:
+    """A normal end of a ``with BenchCrossbar(...)`` block: sources off, relays open, no more pulses."""
+    with BenchEmulator.from_config(config, CLEAN) as emu:
+        with BenchCrossbar(config.with_resources(emu.resources), arm=True) as xb:
+            xb.pulse(torch.eye(4, dtype=torch.int64))
+            emu.physics.closed = {("B", 1), ("C", 5)}  # as if a route were still closed
+            emu.generator.output = True
+        _assert_safe(emu)
+        assert xb.guard.closed and not xb.guard.armed
+
+
+def _interrupt_on_call(target: object, name: str, call: int) -> None:
+    """Make ``target.name`` raise KeyboardInterrupt on its ``call``-th call (Ctrl-C mid-operation)."""
+    real = getattr(target, name)
+    calls = {"n": 0}
+
+    def wrapper(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    setattr(target, name, wrapper)
+
+
+def test_keyboard_interrupt_mid_read_runs_the_safe_state_and_keeps_the_reads(bench) -> None:
+    emu, xb = bench
+    truth = torch.linspace(-0.8, 0.8, 16).reshape(4, 4)
+    emu.crossbar.set_weights(truth)
+    _interrupt_on_call(xb.smu, "read_current", 7)  # Ctrl-C while the 7th device is routed
+    with pytest.raises(KeyboardInterrupt) as info:
+        xb.read()
+    _assert_safe(emu)
+    assert not xb.guard.armed and xb.guard.safe_state_calls >= 1
+    partial = info.value.partial_conductances_s
+    assert partial is xb.last_partial_read
+    measured = ~torch.isnan(partial)
+    assert int(measured.sum()) == 6 and bool(measured.flatten()[:6].all())
+    assert torch.allclose(partial[measured], emu.true_conductances()[measured], rtol=1e-4)
+    assert any("6 of 16 devices" in note for note in info.value.__notes__)
+
+
+def test_keyboard_interrupt_mid_pulse_runs_the_safe_state(bench) -> None:
+    emu, xb = bench
+    _interrupt_on_call(xb.pulser, "fire", 2)  # Ctrl-C after the first burst, generator output on
+    with pytest.raises(KeyboardInterrupt):
+        xb.pulse(torch.ones(4, 4, dtype=torch.int64))
+    _assert_safe(emu)
+    assert not xb.guard.armed
+    with pytest.raises(NotArmedError):
+        xb.pulse(torch.ones(4, 4, dtype=torch.int64))
+
+
+@pytest.fixture
+def fast_timeouts(config: BenchConfig) -> BenchConfig:
+    """The bench file with 0.3 s VISA timeouts (a dropped instrument is noticed within one timeout)."""
+    data = config.model_dump(mode="json")
+    for key in ("smu", "matrix", "pulse_generator"):
+        data[key]["timeout_s"] = 0.3
+    return BenchConfig.model_validate(data)
+
+
+def test_dropped_connection_mid_read_is_clear_and_keeps_the_reads(fast_timeouts: BenchConfig) -> None:
+    with BenchEmulator.from_config(fast_timeouts, CLEAN) as emu:
+        truth = torch.linspace(-0.8, 0.8, 16).reshape(4, 4)
+        emu.crossbar.set_weights(truth)
+        xb = BenchCrossbar(fast_timeouts.with_resources(emu.resources), arm=True)
+        emu.disconnect("matrix", after_commands=5)  # the matrix goes away after routing 5 devices
+        t0 = time.monotonic()
+        with pytest.raises(InstrumentConnectionLost, match="matrix.*connection lost.*switched off") as info:
+            xb.read()
+        assert time.monotonic() - t0 < 5.0
+        partial = info.value.partial_conductances_s
+        measured = ~torch.isnan(partial)
+        assert int(measured.sum()) == 5
+        assert torch.allclose(partial[measured], emu.true_conductances()[measured], rtol=1e-4)
+        assert any("5 of 16 devices" in note for note in info.value.__notes__)
+        # the safe state still reached the instruments that are there
+        assert not emu.smu.output and not emu.generator.output and not xb.guard.armed
+        assert isinstance(xb.guard.last_safe_state_error, InstrumentConnectionLost)
+        with pytest.raises(InstrumentConnectionLost):  # no silent retry on a dead link
+            xb.read()
+        xb.close()
+
+
+def test_dropped_connection_mid_pulse_marks_the_state_unknown(fast_timeouts: BenchConfig) -> None:
+    with BenchEmulator.from_config(fast_timeouts, CLEAN) as emu:
+        xb = BenchCrossbar(fast_timeouts.with_resources(emu.resources), arm=True)
+        xb.pulser.completion_margin_s = 0.2  # a burst's *OPC? waits its duration plus this margin
+        emu.disconnect("pulse_generator", after_commands=2)  # output on, one burst, then gone
+        with pytest.raises(InstrumentConnectionLost, match="pulse"):
+            xb.pulse(torch.ones(4, 4, dtype=torch.int64))
+        assert not xb.guard.state_known and "InstrumentConnectionLost" in xb.guard.unknown_reason
+        assert emu.physics.closed == set() and not emu.smu.output  # matrix and SMU made safe
+        assert emu.stats.bursts == 1
+        xb.close()
+
+
 def test_capabilities_say_device_by_device(bench) -> None:
     _, xb = bench
     info = xb.info
     assert (info.parallel_update, info.transposed_read, info.max_pulses_per_call) == (False, False, 100)
-    for op in ("read", "forward", "backward", "update", "pulse"):
+    for op in ("read", "forward", "backward", "update", "pulse", "program"):
         assert info.details[op]
     assert "batched per row" in info.details["pulse"] and info.details["dry_run"] is False
+    assert "no operation is array-parallel" in info.details["emulated"]
+    assert info.details["conductance"] == {"g_min_s": 1e-5, "g_max_s": 1e-4}  # read by hil characterize
 
 
 def test_short_circuit_is_refused_and_would_read_as_compliance(bench) -> None:
@@ -335,27 +438,3 @@ def test_emulator_servers_stop_by_themselves(config: BenchConfig) -> None:
     assert not any(t.is_alive() for t in threads)
     emu.stop()
     assert not [t for t in threading.enumerate() if t.name.startswith("bench-emulator") and t.is_alive()]
-
-
-# ------------------------------------------------------------------ hardware
-@pytest.mark.hardware
-def test_real_bench_reads(request: pytest.FixtureRequest) -> None:
-    """With ``--visa-resource BENCH.yaml``: open the real bench, identify, read once (no pulses)."""
-    target = request.config.getoption("--visa-resource")
-    if not target:
-        pytest.skip("no --visa-resource given (a bench YAML or a VISA resource of a 2600B/707B/33500B)")
-    if target.endswith((".yaml", ".yml", ".json")):
-        with BenchCrossbar(target, arm=False) as xb:
-            assert all(xb.identities.values())
-            w = xb.read()
-            assert w.shape == xb.shape and torch.isfinite(w).all()
-    else:
-        import pyvisa
-
-        rm = pyvisa.ResourceManager()
-        res = rm.open_resource(target, read_termination="\n", timeout=5000)
-        try:
-            assert res.query("*IDN?").strip()
-        finally:
-            res.close()
-            rm.close()

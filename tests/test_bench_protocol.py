@@ -3,16 +3,20 @@
 Each test lists the ``(sent, reply)`` pairs one driver operation produces
 (``reply`` is ``None`` for a command without an answer); the scripted resource
 fails at the first byte that differs.  Out-of-limit requests must send nothing
-(an empty script).
+(an empty script).  The last test does the same for ``BenchCrossbar`` on a
+1 x 1 bench: configuration, read, up and down pulse, closing safe state.
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
+import torch
 from bench_common import BENCH_LIMITS
 
+from hil.drivers.bench import BenchConfig, BenchCrossbar
 from hil.drivers.bench.instrument import (
     DryRunQueryError,
     InstrumentError,
@@ -411,3 +415,127 @@ def test_limits_go_out_in_exponent_notation(limits: SafetyLimits) -> None:
     ]
     with expected_protocol(Keithley2600B, script, limits=limits) as smu:
         smu.current_limit = 1e-9
+
+
+# --------------------------------------------------------------------- every remaining operation
+@pytest.mark.parametrize(
+    ("cls", "opc_reply"),
+    [(Keithley2600B, b"1\n"), (Keithley707B, b"1\n"), (Keysight33500B, b"1\n")],
+)
+def test_common_commands(limits: SafetyLimits, cls, opc_reply: bytes) -> None:
+    script = [
+        (b"*IDN?\n", b"Maker,Model,1,1.0\n"),
+        (b"*OPC?\n", opc_reply),
+        (b"*OPC?\n", b"0\n"),
+    ]
+    with expected_protocol(cls, script, limits=limits) as inst:
+        assert inst.identify() == "Maker,Model,1,1.0"
+        inst.sync(timeout_s=0.5)
+        with pytest.raises(InstrumentError, match="unexpected reply"):
+            inst.sync()
+
+
+def test_smu_reset_clear_output_off_and_measure(limits: SafetyLimits) -> None:
+    script = [
+        (b"smua.reset()\n", None),
+        (b"errorqueue.clear()\n", None),
+        (b"smua.source.limiti = 1.000000e-04\n", None),
+        (b"print(smua.source.limiti)\n", b"1.00000e-04\n"),
+        (b"print(smua.measure.i())\n", b"-2.50000e-06\n"),
+        (b"print(smua.measure.i())\n", b"9.99990e-05\n"),
+        (b"smua.source.output = smua.OUTPUT_OFF\n", None),
+    ]
+    with expected_protocol(Keithley2600B, script, limits=limits) as smu:
+        smu.reset()
+        smu.clear_errors()
+        smu.current_limit = 1e-4
+        assert smu.measure_current() == pytest.approx(-2.5e-6)
+        with pytest.raises(InstrumentError, match="compliance"):
+            smu.measure_current()
+        smu.output_off()
+
+
+def test_matrix_exclusive_close_and_clear(limits: SafetyLimits) -> None:
+    script = [
+        (b'channel.exclusiveclose("1B03,1C07")\n', None),
+        (b"errorqueue.clear()\n", None),
+    ]
+    with expected_protocol(Keithley707B, script, limits=limits) as m:
+        m.exclusive_close(["1B03", "1C07"])
+        m.clear_errors()
+
+
+def test_generator_clear_output_off_and_shorter_period(limits: SafetyLimits) -> None:
+    script = [
+        (b"*CLS\n", None),
+        (b"OUTP1 OFF\n", None),
+        (b"SOUR1:FUNC:PULS:PER?\n", b"+1.00000000000000E-03\n"),  # shorter period: width first
+        (b"SOUR1:FUNC:PULS:WIDT 2.000000e-07\n", None),
+        (b"SOUR1:FUNC:PULS:PER 1.000000e-06\n", None),
+        (b"SOUR1:FUNC:PULS:WIDT?\n", b"+2.00000000000000E-07\n"),
+    ]
+    with expected_protocol(Keysight33500B, script, limits=limits) as gen:
+        gen.clear_errors()
+        gen.output_off()
+        gen.set_timing(2e-7, 1e-6)
+        assert gen.pulse_width == pytest.approx(2e-7)
+
+
+# --------------------------------------------------------------------- BenchCrossbar, byte for byte
+def _one_device_bench() -> BenchConfig:
+    """The test bench file cut down to one device: word line on column 1, bit line on column 5."""
+    data = BenchConfig.load(Path(__file__).parent / "bench_sim" / "bench_emulated.yaml").model_dump(mode="json")
+    data["matrix"].update(array_rows=[1], array_cols=[5])
+    return BenchConfig.model_validate(data)
+
+
+def test_bench_crossbar_exchanges_for_every_operation() -> None:
+    """Configure, read, an up pulse, a down pulse and the closing safe state of a 1 x 1 bench."""
+    idn = (b"*IDN?\n", b"Maker,Model,1,1.0\n")
+    no_error = (b"SYST:ERR?\n", b'+0,"No error"\n')
+    tsp_ok = (b"print(errorqueue.next())\n", EMPTY_TSP)
+    open_all = (b'channel.open("allslots") print(channel.getclose("allslots"))\n', b"nil\n")
+    smu = [idn] + [
+        (b"smua.reset()\n", None),
+        (b"errorqueue.clear()\n", None),
+        (b"smua.source.func = smua.OUTPUT_DCVOLTS\n", None),
+        (b"smua.source.limiti = 1.000000e-04\n", None),
+        (b"print(smua.source.limiti)\n", b"1.00000e-04\n"),
+        (b"smua.source.levelv = 2.000000e-01\n", None),
+        (b"print(smua.source.levelv)\n", b"2.00000e-01\n"),
+        (b"smua.measure.autorangei = smua.AUTORANGE_ON\n", None),
+        (b"smua.measure.nplc = 1.000000e-01\n", None),
+        tsp_ok,
+    ] + [  # read
+        (b"smua.source.output = smua.OUTPUT_ON hil_i = smua.measure.i() "
+         b"smua.source.output = smua.OUTPUT_OFF print(hil_i)\n", b"2.00000e-06\n"),
+        tsp_ok,
+    ] + [  # close: output off at once, then confirmed
+        (b"smua.source.output = smua.OUTPUT_OFF\n", None),
+        (b"*OPC?\n", b"1\n"),
+    ]
+    matrix = [idn, (b"errorqueue.clear()\n", None), open_all, tsp_ok] + [  # configure
+        (b'channel.exclusiveclose("1A01,1C05") print(channel.getclose("allslots"))\n', b"1A01;1C05\n"),
+        open_all, tsp_ok,  # read
+        (b'channel.exclusiveclose("1B01,1C05") print(channel.getclose("allslots"))\n', b"1B01;1C05\n"),
+        open_all, tsp_ok,  # up pulse: generator on the word line
+        (b'channel.exclusiveclose("1B05,1C01") print(channel.getclose("allslots"))\n', b"1B05;1C01\n"),
+        open_all, tsp_ok,  # down pulse: generator on the bit line
+        open_all,  # close
+    ]
+    pulse = [idn] + _configure_script() + [
+        (b"OUTP1 ON;*OPC?\n", b"1\n"), (b"*TRG;*OPC?\n", b"1\n"), (b"OUTP1 OFF;*OPC?\n", b"1\n"), no_error,
+        (b"SOUR1:VOLT:HIGH 1.400000e+00\n", None),  # the down amplitude
+        (b"OUTP1 ON;*OPC?\n", b"1\n"), (b"*TRG;*OPC?\n", b"1\n"), (b"OUTP1 OFF;*OPC?\n", b"1\n"), no_error,
+        (b"OUTP1 OFF\n", None), (b"*OPC?\n", b"1\n"),  # close
+    ]
+    resources = {"smu": ScriptedResource(smu, "smu"), "matrix": ScriptedResource(matrix, "matrix"),
+                 "pulse_generator": ScriptedResource(pulse, "pulse")}
+    xb = BenchCrossbar(_one_device_bench(), resources=resources, arm=True)
+    assert xb.read_conductances().tolist() == [[pytest.approx(1e-5)]]
+    xb.pulse(torch.tensor([[1]]))
+    xb.pulse(torch.tensor([[-1]]))
+    xb.close()
+    for res in resources.values():
+        res.assert_done()
+    assert xb.commands_sent == len(smu) + len(matrix) + len(pulse)

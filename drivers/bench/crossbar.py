@@ -29,8 +29,10 @@ Safety: one :class:`~hil.safety.SafetyGuard` per bench.  Pulses need
 ``limits`` before anything is sent; any exception or timeout inside an
 operation calls :meth:`safe_state` (generator output off, SMU output off, all
 relays open) and re-raises; a timeout during pulses marks the array state
-unknown until the next full read; :meth:`close` and interpreter exit run the
-safe state once more.
+unknown until the next full read (as does a lost connection); :meth:`close`
+and interpreter exit run the safe state once more.  A read that stops part-way
+keeps what it measured: the exception carries ``partial_conductances_s`` (see
+:meth:`read_conductances`).
 
 Dry run (``dry_run=True`` or ``dry_run: true`` in the bench file): no VISA
 resource is opened and nothing is sent; every operation runs through the same
@@ -45,14 +47,20 @@ from __future__ import annotations
 
 import contextlib
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from hil.backend import BackendInfo, CrossbarBackend
-from hil.drivers.bench.config import BenchConfig
-from hil.drivers.bench.instrument import DryRunResource, InstrumentTimeout
+from hil.drivers.bench.config import BenchConfig, PulseShape
+from hil.drivers.bench.instrument import (
+    DryRunResource,
+    InstrumentConnectionLost,
+    InstrumentTimeout,
+    visa_socket,
+)
 from hil.drivers.bench.keithley707b import Keithley707B
 from hil.drivers.bench.keithley2600b import Keithley2600B
 from hil.drivers.bench.keysight33500b import Keysight33500B
@@ -96,9 +104,8 @@ def _disable_nagle(res: Any) -> bool:
         return True
     except Exception:
         pass
-    session = getattr(getattr(res, "visalib", None), "sessions", {}).get(getattr(res, "session", None))
-    sock = getattr(session, "interface", None)
-    if isinstance(sock, socket.socket):
+    sock = visa_socket(res)
+    if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return True
     return False
@@ -151,6 +158,8 @@ class BenchCrossbar(CrossbarBackend):
         self.matrix: Keithley707B | None = None
         self.pulser: Keysight33500B | None = None
         self.full_reads = 0
+        #: the devices measured by a full read that stopped part-way (NaN elsewhere), else None
+        self.last_partial_read: torch.Tensor | None = None
         try:
             self._open(resources or {})
             with self.guard.operation("configure"):
@@ -250,25 +259,48 @@ class BenchCrossbar(CrossbarBackend):
         return self.matrix.channel(row, column)
 
     def read_conductances(self) -> torch.Tensor:
-        """All device conductances ``[rows, cols]`` in siemens (float64), device by device."""
+        """All device conductances ``[rows, cols]`` in siemens (float64), device by device.
+
+        If the read stops part-way (instrument error, timeout, lost connection, Ctrl-C),
+        nothing already measured is lost: the exception carries ``partial_conductances_s``
+        (``[rows, cols]``, NaN where not measured) and a note saying how many devices were
+        read, and :attr:`last_partial_read` keeps the same tensor.
+        """
         self._check_open()
         cfg = self.config
         m, smu = self.matrix, self.smu
         assert m is not None and smu is not None
         v = cfg.read.voltage_v
-        g = torch.empty(self.rows, self.cols, dtype=torch.float64)
+        g = torch.full((self.rows, self.cols), float("nan"), dtype=torch.float64)
         with self.guard.operation("read"):
-            for i in range(self.rows):
-                word = cfg.matrix.array_rows[i]
-                for j in range(self.cols):
-                    m.route([self._ch(cfg.matrix.smu_row, word), self._ch(cfg.matrix.ground_row, cfg.matrix.array_cols[j])])
-                    g[i, j] = smu.read_current() / v
-            m.open_all_verified()
-            smu.check_errors()
-            m.check_errors()
+            try:
+                for i in range(self.rows):
+                    word = cfg.matrix.array_rows[i]
+                    for j in range(self.cols):
+                        m.route([self._ch(cfg.matrix.smu_row, word), self._ch(cfg.matrix.ground_row, cfg.matrix.array_cols[j])])
+                        g[i, j] = smu.read_current() / v
+                m.open_all_verified()
+                smu.check_errors()
+                m.check_errors()
+            except BaseException as exc:
+                self._keep_partial_read(g, exc)
+                raise
+        self.last_partial_read = None
         self.full_reads += 1
         self.guard.confirm_state()
         return g
+
+    def _keep_partial_read(self, g: torch.Tensor, exc: BaseException) -> None:
+        """Attach the devices measured before ``exc`` to it (and to :attr:`last_partial_read`)."""
+        done = int((~torch.isnan(g)).sum())
+        self.last_partial_read = g
+        with contextlib.suppress(AttributeError, TypeError):  # exceptions without a __dict__
+            exc.partial_conductances_s = g  # type: ignore[attr-defined]
+        exc.add_note(
+            f"bench {self.config.name!r}: read interrupted after {done} of {g.numel()} devices; the values "
+            "measured (siemens, NaN where not measured) are in exc.partial_conductances_s and "
+            "BenchCrossbar.last_partial_read"
+        )
 
     def conductance_to_weight(self, g: torch.Tensor) -> torch.Tensor:
         c = self.config.conductance
@@ -307,8 +339,8 @@ class BenchCrossbar(CrossbarBackend):
                     self._pulse_generator(c)
                 else:
                     self._pulse_smu(c)
-            except InstrumentTimeout as exc:
-                self.guard.mark_unknown(f"timeout while pulsing ({exc})")
+            except (InstrumentTimeout, InstrumentConnectionLost) as exc:
+                self.guard.mark_unknown(f"{type(exc).__name__} while pulsing ({exc})")
                 raise
 
     def _row_bursts(self, row_counts: list[int]) -> list[tuple[list[int], int]]:
@@ -321,27 +353,42 @@ class BenchCrossbar(CrossbarBackend):
             prev = level
         return out
 
-    def _pulse_generator(self, c: torch.Tensor) -> None:
+    def _bursts(self, c: torch.Tensor) -> Iterator[tuple[int, PulseShape, list[tuple[int, list[int], int]]]]:
+        """Per polarity (+1 up, then -1 down) that has pulses: its shape and its bursts.
+
+        A burst is ``(word, bits, n)``: matrix column of the word line, matrix columns
+        of the bit lines pulsed together, and the pulse count (see :meth:`_row_bursts`).
+        """
         cfg = self.config
         mc = cfg.matrix
-        m, gen = self.matrix, self.pulser
-        assert m is not None and gen is not None
         for polarity, shape in ((1, cfg.pulses.up), (-1, cfg.pulses.down)):
             pc = (c * polarity).clamp(min=0)
             if not bool(pc.any()):
                 continue
+            bursts = [
+                (mc.array_rows[i], [mc.array_cols[j] for j in cols], n)
+                for i in range(self.rows)
+                for cols, n in self._row_bursts(pc[i].tolist())
+            ]
+            yield polarity, shape, bursts
+
+    def _pulse_route(self, source_row: str, word: int, bits: list[int], swap: bool) -> list[str]:
+        """Source on the word line and the bit lines grounded (``swap``: the other way round)."""
+        ground = self.config.matrix.ground_row
+        if swap:
+            return [self._ch(source_row, b) for b in bits] + [self._ch(ground, word)]
+        return [self._ch(source_row, word)] + [self._ch(ground, b) for b in bits]
+
+    def _pulse_generator(self, c: torch.Tensor) -> None:
+        cfg = self.config
+        m, gen = self.matrix, self.pulser
+        assert m is not None and gen is not None
+        for polarity, shape, bursts in self._bursts(c):
             gen.set_pulse(shape.amplitude_v, shape.width_s, cfg.pulses.period_s)
             gen.set_output(True)  # idles at 0 V: relays switch only between completed bursts
-            for i in range(self.rows):
-                word = mc.array_rows[i]
-                for cols, n in self._row_bursts(pc[i].tolist()):
-                    bits = [mc.array_cols[j] for j in cols]
-                    if polarity > 0:
-                        route = [self._ch(mc.pulse_row, word)] + [self._ch(mc.ground_row, b) for b in bits]
-                    else:
-                        route = [self._ch(mc.pulse_row, b) for b in bits] + [self._ch(mc.ground_row, word)]
-                    m.route(route)
-                    gen.fire(n)
+            for word, bits, n in bursts:  # down pulses: generator on the bit lines (positive pulses only)
+                m.route(self._pulse_route(cfg.matrix.pulse_row, word, bits, swap=polarity < 0))
+                gen.fire(n)
             gen.set_output(False)
         m.open_all_verified()
         gen.check_errors()
@@ -349,19 +396,12 @@ class BenchCrossbar(CrossbarBackend):
 
     def _pulse_smu(self, c: torch.Tensor) -> None:
         cfg = self.config
-        mc = cfg.matrix
         m, smu = self.matrix, self.smu
         assert m is not None and smu is not None
-        for polarity, shape in ((1, cfg.pulses.up), (-1, cfg.pulses.down)):
-            pc = (c * polarity).clamp(min=0)
-            if not bool(pc.any()):
-                continue
-            for i in range(self.rows):
-                word = mc.array_rows[i]
-                for cols, n in self._row_bursts(pc[i].tolist()):
-                    route = [self._ch(mc.smu_row, word)] + [self._ch(mc.ground_row, mc.array_cols[j]) for j in cols]
-                    m.route(route)
-                    smu.pulse_train(polarity * shape.amplitude_v, shape.width_s, cfg.pulses.period_s, n)
+        for polarity, shape, bursts in self._bursts(c):
+            for word, bits, n in bursts:  # the SMU makes both polarities: normal routing
+                m.route(self._pulse_route(cfg.matrix.smu_row, word, bits, swap=False))
+                smu.pulse_train(polarity * shape.amplitude_v, shape.width_s, cfg.pulses.period_s, n)
         m.open_all_verified()
         smu.source_voltage = cfg.read.voltage_v
         smu.check_errors()
@@ -412,6 +452,11 @@ class BenchCrossbar(CrossbarBackend):
                 "read_voltage_v": cfg.read.voltage_v,
                 "up": cfg.pulses.up.model_dump(),
                 "down": cfg.pulses.down.model_dump(),
+                "program": "the contract's write-verify loop: full device-by-device reads and row-batched pulses",
+                "emulated": "no operation is array-parallel on a bench: forward/backward are digital products of "
+                "a full device-by-device read, update is per-device pulse counts applied with pulse(), "
+                "program is read/pulse write-verify",
+                "conductance": {"g_min_s": c.g_min_s, "g_max_s": c.g_max_s},
                 "g_min_s": c.g_min_s,
                 "g_max_s": c.g_max_s,
                 "commands_sent": self.commands_sent,

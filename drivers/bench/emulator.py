@@ -50,10 +50,10 @@ import torch
 
 from hil.config import HilModel
 from hil.device_model import ConductanceMapping, DeviceModel
+from hil.drivers.bench.instrument import TSP_EMPTY_ERROR_ENTRY
 from hil.safety import SafetyLimits
 
 _NUM = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)"
-_TSP_EMPTY = "0.00000e+00\tQueue Is Empty\t0.00000e+00\t0.00000e+00"
 _CHANNEL = re.compile(r"^([1-6])([A-H])(\d{2})$")
 
 
@@ -316,7 +316,7 @@ class _TSPInstrument(_EmulatedInstrument):
 
     def error_entry(self) -> str:
         if not self.errors:
-            return _TSP_EMPTY
+            return TSP_EMPTY_ERROR_ENTRY
         code, msg = self.errors.pop(0)
         return f"{_fmt_tsp(code)}\t{msg}\t{_fmt_tsp(20)}\t{_fmt_tsp(0)}"
 
@@ -705,6 +705,9 @@ class _LineServer:
         self.sock.settimeout(0.1)
         self.port = int(self.sock.getsockname()[1])
         self.stop_event = threading.Event()
+        #: fault injection: lines still handled before the connection is dropped (None: never)
+        self.drop_after: int | None = None
+        self.dead = False  # dropped: connections are closed at once
         self.last_activity = time.monotonic()
         self.threads: list[threading.Thread] = []
         self.thread = threading.Thread(target=self._serve, name=f"bench-emulator-{name}", daemon=True)
@@ -725,6 +728,9 @@ class _LineServer:
                 except OSError:
                     break
                 self.last_activity = time.monotonic()
+                if self.dead:  # the instrument is "off": accept and hang up at once
+                    conn.close()
+                    continue
                 t = threading.Thread(target=self._client, args=(conn,), name=f"bench-emulator-{self.name}-conn", daemon=True)
                 self.threads.append(t)
                 t.start()
@@ -752,6 +758,11 @@ class _LineServer:
                 self.last_activity = time.monotonic()
                 buf += data
                 while b"\n" in buf:
+                    if self.dead or self.drop_after == 0:  # the instrument goes away mid-session
+                        self.dead = True
+                        return
+                    if self.drop_after is not None:
+                        self.drop_after -= 1
                     raw, buf = buf.split(b"\n", 1)
                     reply = self.handler(raw.decode("ascii", "replace").rstrip("\r"))
                     if reply is not None:
@@ -847,6 +858,19 @@ class BenchEmulator:
     def stop(self) -> None:
         for server in self._servers.values():
             server.stop()
+
+    def disconnect(self, instrument: str, after_commands: int = 0) -> None:
+        """Fault injection: ``instrument`` goes away (switched off, cable pulled) mid-session.
+
+        It still handles ``after_commands`` more command lines; then its connection is
+        closed without a reply, and any new connection is hung up at once.  ``instrument``
+        is ``"smu"``, ``"matrix"`` or ``"pulse_generator"``; the emulator must be started.
+        """
+        if instrument not in self._servers:
+            raise ValueError(f"unknown or not started instrument {instrument!r} (started: {sorted(self._servers)})")
+        if int(after_commands) < 0:
+            raise ValueError(f"after_commands must be >= 0, got {after_commands}")
+        self._servers[instrument].drop_after = int(after_commands)
 
     def __enter__(self) -> BenchEmulator:
         self.start()

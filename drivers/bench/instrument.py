@@ -7,8 +7,11 @@ Three pieces, in the PyMeasure / QCoDeS spirit (see ``../shared/STYLE.md``):
   ``write_raw`` (through the session's :class:`~hil.safety.SafetyGuard`, so a
   dry run records instead of sending), reads replies with ``read_raw``, counts
   commands, keeps a bounded log of ``(sent, reply)`` byte pairs, and turns
-  pyvisa errors into :class:`InstrumentTimeout` / :class:`InstrumentError`
-  naming the instrument and the command.
+  pyvisa errors into :class:`InstrumentTimeout` / :class:`InstrumentConnectionLost` /
+  :class:`InstrumentError` naming the instrument and the command.
+- :class:`Instrument`: the base of every driver (``identify``, ``sync``, dry-run
+  replies, ``snapshot``); :class:`TSPInstrument` adds the Keithley TSP error queue
+  shared by the 2600B SMU and the 707B/708B matrix.
 - :func:`control`, :func:`measurement`, :func:`setting`: declarative
   properties.  The command, the documentation and the limits live in one
   place; a value outside the limits is **refused** with
@@ -38,6 +41,8 @@ import abc
 import collections
 import contextlib
 import math
+import select
+import socket
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -47,10 +52,13 @@ __all__ = [
     "DryRunQueryError",
     "DryRunResource",
     "Instrument",
+    "InstrumentConnectionLost",
     "InstrumentError",
     "InstrumentTimeout",
     "Link",
     "ScriptedResource",
+    "TSPInstrument",
+    "TSP_EMPTY_ERROR_ENTRY",
     "control",
     "expected_protocol",
     "format_number",
@@ -82,6 +90,10 @@ class InstrumentError(RuntimeError):
 
 class InstrumentTimeout(InstrumentError):
     """No reply (or no completion) within the VISA timeout."""
+
+
+class InstrumentConnectionLost(InstrumentError):
+    """The connection to the instrument is gone (switched off, cable or LAN down, peer closed)."""
 
 
 class DryRunQueryError(InstrumentError):
@@ -175,13 +187,53 @@ def strict_discrete_set(value: Any, values: Iterable[Any], what: str) -> Any:
 
 
 # --------------------------------------------------------------------------- link
-def _is_timeout(exc: BaseException) -> bool:
+def _visa_status(exc: BaseException) -> str | None:
+    """``"timeout"``, ``"connection"`` or ``None`` for an exception raised by a VISA call."""
+    if isinstance(exc, (ConnectionError, EOFError)):
+        return "connection"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
     try:
         from pyvisa import constants
-        from pyvisa.errors import VisaIOError
+        from pyvisa.errors import InvalidSession, VisaIOError
     except ImportError:  # pragma: no cover - pyvisa is a dependency
+        return None
+    if isinstance(exc, InvalidSession):
+        return "connection"
+    if isinstance(exc, VisaIOError):
+        code = exc.error_code
+        if code == constants.StatusCode.error_timeout:
+            return "timeout"
+        if code in (constants.StatusCode.error_connection_lost, constants.StatusCode.error_closing_failed):
+            return "connection"
+    return None
+
+
+def visa_socket(resource: Any) -> socket.socket | None:
+    """The TCP socket behind a pyvisa-py ``...::SOCKET`` session, or ``None`` (other back ends)."""
+    session = getattr(getattr(resource, "visalib", None), "sessions", {}).get(getattr(resource, "session", None))
+    sock = getattr(session, "interface", None)
+    return sock if isinstance(sock, socket.socket) else None
+
+
+def peer_closed(resource: Any) -> bool:
+    """True if the far end of a raw-socket session has closed it (reads would only time out).
+
+    pyvisa-py reports a socket closed by the instrument as a read timeout; a zero-length
+    ``MSG_PEEK`` on a readable socket tells the two apart.  Other back ends: ``False``.
+    """
+    sock = visa_socket(resource)
+    if sock is None:
         return False
-    return isinstance(exc, VisaIOError) and exc.error_code == constants.StatusCode.error_timeout
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        if not readable:
+            return False
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except (OSError, ValueError):  # closed or invalid descriptor
+        return True
 
 
 class Link:
@@ -330,7 +382,17 @@ class Link:
     def _wrap(self, exc: BaseException, command: str, what: str) -> InstrumentError:
         if isinstance(exc, InstrumentError):
             return exc
-        if _is_timeout(exc) or isinstance(exc, TimeoutError):
+        status = _visa_status(exc)
+        cause = f"{type(exc).__name__}: {exc}"
+        if status == "timeout" and peer_closed(self.resource):
+            status, cause = "connection", "no reply within the timeout, and the far end has closed the socket"
+        if status == "connection":
+            return InstrumentConnectionLost(
+                self.name, command,
+                f"connection lost during {what} ({cause}): the instrument was switched off or its cable or "
+                "network link is down; nothing more can be sent to it",
+            )
+        if status == "timeout":
             return InstrumentTimeout(self.name, command, f"no reply within the timeout during {what}")
         return InstrumentError(self.name, command, f"{what} failed: {type(exc).__name__}: {exc}")
 
@@ -505,6 +567,10 @@ class Instrument(abc.ABC):
     MODEL = "instrument"
     #: relative tolerance of a read-back limit (TSP prints 6 significant digits)
     readback_rel_tol = 1e-5
+    #: what ``*OPC?`` answers once every previous command has completed
+    OPC_REPLIES: tuple[str, ...] = ("1",)
+    #: largest number of error-queue entries one ``check_errors()`` reads
+    MAX_ERRORS_READ = 20
 
     def __init__(
         self,
@@ -555,6 +621,19 @@ class Instrument(abc.ABC):
                 break
         return out[::-1]
 
+    def identify(self) -> str:
+        """``*IDN?`` (IEEE 488.2 common command): manufacturer, model, serial number, firmware."""
+        return self.query("*IDN?")
+
+    def sync(self, timeout_s: float | None = None) -> None:
+        """``*OPC?``: returns once every previous command has completed (:attr:`OPC_REPLIES`).
+
+        ``timeout_s`` replaces the VISA timeout for this one query.
+        """
+        reply = self.query("*OPC?", timeout_s=timeout_s)
+        if reply.strip() not in self.OPC_REPLIES:
+            raise InstrumentError(self.name, "*OPC?", f"unexpected reply {reply!r}")
+
     def raise_queue_errors(self, errors: list[tuple[int, str]], skip: tuple[str, ...] = ()) -> None:
         """Raise :class:`InstrumentError` for entries read from an error queue, naming recent commands."""
         text = "; ".join(f"{code}: {msg}" for code, msg in errors)
@@ -565,27 +644,6 @@ class Instrument(abc.ABC):
             f"the instrument reports {len(errors)} error(s): {text} (recent commands: {recent})",
             code=errors[0][0],
         )
-
-    def check_tsp_error_queue(self, max_entries: int = 20) -> None:
-        """Error check of a Keithley TSP instrument (2600B SMU, 707B/708B matrix).
-
-        Reads ``print(errorqueue.next())`` until it answers code 0 (``0.00000e+00<TAB>Queue
-        Is Empty<TAB>...``), at most ``max_entries`` times; raises :class:`InstrumentError`
-        listing the errors read, or for an entry that is not ``<code><TAB><message>...``.
-        """
-        errors: list[tuple[int, str]] = []
-        for _ in range(max_entries):
-            reply = self.query("print(errorqueue.next())")
-            parts = reply.split("\t")
-            try:
-                code = int(float(parts[0]))
-            except ValueError:
-                raise InstrumentError(self.name, "print(errorqueue.next())", f"unreadable error entry {reply!r}") from None
-            if code == 0:
-                break
-            errors.append((code, parts[1] if len(parts) > 1 else ""))
-        if errors:
-            self.raise_queue_errors(errors, skip=("print(errorqueue",))
 
     @abc.abstractmethod
     def check_errors(self) -> None:
@@ -629,6 +687,55 @@ class Instrument(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
+
+
+#: what ``print(errorqueue.next())`` answers on a Keithley TSP instrument when the queue is empty
+TSP_EMPTY_ERROR_ENTRY = "0.00000e+00\tQueue Is Empty\t0.00000e+00\t0.00000e+00"
+
+
+class TSPInstrument(Instrument):
+    """A Keithley TSP instrument (2600B SMU, 707B/708B matrix): their shared error queue.
+
+    ``errorqueue.clear()`` and ``errorqueue.next()`` (code, message, severity, node;
+    code 0 "Queue Is Empty") are the same on both: 2600B reference manual
+    2600BS-901-01 Rev. F, Section 9, p. 9-89; 707B reference manual 707B-901-01
+    Rev. A, p. 7-86.
+    """
+
+    #: ``*OPC?`` answers ``1``; a TSP ``print(1)`` would answer ``1.00000e+00``
+    OPC_REPLIES = ("1", "1.00000e+00")
+
+    def clear_errors(self) -> None:
+        """``errorqueue.clear()``."""
+        self.write("errorqueue.clear()")
+
+    def check_errors(self) -> None:
+        """Read ``print(errorqueue.next())`` until it answers code 0; raise if it held errors.
+
+        Exchange when the queue is empty: ``print(errorqueue.next())`` ->
+        ``0.00000e+00<TAB>Queue Is Empty<TAB>...``.  At most :attr:`MAX_ERRORS_READ`
+        entries are read; :class:`InstrumentError` lists the errors read (and the
+        recent commands), or names an entry that is not ``<code><TAB><message>...``.
+        """
+        errors: list[tuple[int, str]] = []
+        for _ in range(self.MAX_ERRORS_READ):
+            reply = self.query("print(errorqueue.next())")
+            parts = reply.split("\t")
+            try:
+                code = int(float(parts[0]))
+            except ValueError:
+                raise InstrumentError(self.name, "print(errorqueue.next())", f"unreadable error entry {reply!r}") from None
+            if code == 0:
+                break
+            errors.append((code, parts[1] if len(parts) > 1 else ""))
+        if errors:
+            self.raise_queue_errors(errors, skip=("print(errorqueue",))
+
+    def _dry_reply(self, command: str) -> str | None:
+        """Dry run: an empty error queue (drivers add their own assumed replies)."""
+        if command == "print(errorqueue.next())":
+            return TSP_EMPTY_ERROR_ENTRY
+        return None
 
 
 # --------------------------------------------------------------------------- test harness

@@ -1,8 +1,9 @@
 """Keithley Series 2600B System SourceMeter (TSP command set): the bench's read instrument.
 
-Every command string below was checked against *Series 2600B System
-SourceMeter Instrument Reference Manual*, document 2600BS-901-01 Rev. F
-(August 2021), Section 9 "TSP command reference", entries:
+The command strings below and where *Series 2600B System SourceMeter
+Instrument Reference Manual*, document 2600BS-901-01 Rev. F (August 2021),
+Section 9 "TSP command reference", documents them (which pages were actually
+read, and what else confirmed a string, is listed under "Verification"):
 
 ==========================================  =========================================================
 ``smuX.reset()``                            SMU reset to defaults (output off, 0 V / 0 A)
@@ -44,10 +45,20 @@ Verification of the command strings (which source confirmed what):
   ``source.func``, ``measure.nplc`` (0.001 to 25), ``measure.autorangei``,
   ``measure.i()``, and ``print(errorqueue.next())`` answering tab-separated
   fields whose first is the code as a number;
-- taken from the manual's TSP reference without re-reading the page in this
-  check: ``smuX.reset()``, ``smuX.OUTPUT_ON``/``OUTPUT_OFF``,
-  ``smuX.AUTORANGE_ON``, ``errorqueue.clear()``, ``delay()``, ``*IDN?`` and
-  ``*OPC?`` (Section 11).
+- read in the manual text in a second check: ``*IDN?`` and ``*OPC?`` (Rev. F
+  Section 11, p. 11-3: ``*OPC?`` puts an ASCII ``1`` in the output queue once
+  all previous overlapped commands have completed; Rev. B p. D-2: a common
+  command must be sent as a message of its own, which this driver does),
+  ``smuX.source.output`` with ``0``/``smuX.OUTPUT_OFF`` and ``1``/``smuX.OUTPUT_ON``
+  (Rev. F p. 9-249), ``smuX.measure.autorangeY`` with ``1``/``smuX.AUTORANGE_ON``
+  (Rev. F p. 9-217), ``delay()`` (Rev. B p. 7-49: a delay of zero is not
+  allowed, 5-10 us typical overhead; *Series 2600 Reference Manual*
+  2600S-901-01 Rev. C p. 12-17: delays below about 50 us are dominated by
+  overhead, hence :data:`TSP_PULSE_MIN_WIDTH_S`), ``errorqueue.clear()``
+  (*Series 2600 Reference Manual* 2600S-901-01 Rev. A, Table D-2),
+  ``smuX.OUTPUT_DCVOLTS`` (User's Manual 2600BS-900-01 Rev. A, p. 4-34);
+- ``smuX.reset()``: listed in the Rev. F TSP reference (p. 9-236, cited from the
+  ``smuX.measure.*`` entries); its own page was not read.
 """
 
 from __future__ import annotations
@@ -56,8 +67,8 @@ import re
 from typing import Any
 
 from hil.drivers.bench.instrument import (
-    Instrument,
     InstrumentError,
+    TSPInstrument,
     control,
     format_int,
     format_number,
@@ -71,10 +82,6 @@ from hil.safety import SafetyError, SafetyGuard, SafetyLimits
 TSP_PULSE_MIN_WIDTH_S = 1e-3
 #: smallest current compliance the 2600B family accepts (2634B/2635B/2636B: 100 pA)
 MIN_CURRENT_LIMIT_A = 1e-10
-#: largest number of error-queue entries read in one check
-MAX_ERRORS_READ = 20
-#: what ``print(errorqueue.next())`` answers when the queue is empty
-EMPTY_ERROR_ENTRY = "0.00000e+00\tQueue Is Empty\t0.00000e+00\t0.00000e+00"
 
 # dry run: the assignments a recorded TSP chunk makes, and the values of the constants it uses
 _TSP_ASSIGN = re.compile(r"\b(smu[ab]\.[\w.]+)\s*=\s*(\S+)")
@@ -92,7 +99,7 @@ def _parse_bool(text: str) -> bool:
     raise ValueError(text)
 
 
-class Keithley2600B(Instrument):
+class Keithley2600B(TSPInstrument):
     """One channel (``smua`` or ``smub``) of a Keithley 2600B SourceMeter, as a voltage source.
 
     Parameters
@@ -189,26 +196,10 @@ class Keithley2600B(Instrument):
     )
 
     # -------------------------------------------------------------- methods
-    def identify(self) -> str:
-        """``*IDN?``: manufacturer, model, serial number, firmware."""
-        return self.query("*IDN?")
-
     def reset(self) -> None:
         """``smuX.reset()``: output off, levels 0, defaults."""
         self.write(self.command("smu{ch}.reset()"))
         self._current_limit_a = None
-
-    def clear_errors(self) -> None:
-        """``errorqueue.clear()``."""
-        self.write("errorqueue.clear()")
-
-    def check_errors(self) -> None:
-        """Read ``errorqueue.next()`` until it is empty; raise :class:`InstrumentError` listing errors.
-
-        Exchange when the queue is empty: ``print(errorqueue.next())`` ->
-        ``0.00000e+00<TAB>Queue Is Empty<TAB>...``.
-        """
-        self.check_tsp_error_queue(MAX_ERRORS_READ)
 
     # -------------------------------------------------------------- dry run
     def dry_run_note(self, command: str) -> None:
@@ -225,8 +216,9 @@ class Keithley2600B(Instrument):
 
     def _dry_reply(self, command: str) -> str | None:
         """Empty error queue; ``nan`` for a current (nothing is measured); read-backs echo what was set."""
-        if command == "print(errorqueue.next())":
-            return EMPTY_ERROR_ENTRY
+        queue = super()._dry_reply(command)
+        if queue is not None:
+            return queue
         if command.endswith("print(hil_i)") or command == self.command("print(smu{ch}.measure.i())"):
             return "nan"
         if command == self.command("print(smu{ch}.source.compliance)"):
@@ -294,12 +286,6 @@ class Keithley2600B(Instrument):
             )
         return value
 
-    def sync(self, timeout_s: float | None = None) -> None:
-        """``*OPC?`` (Section 11): returns once every previous command has run."""
-        reply = self.query("*OPC?", timeout_s=timeout_s)
-        if reply.strip() not in ("1", "1.00000e+00"):
-            raise InstrumentError(self.name, "*OPC?", f"unexpected reply {reply!r}")
-
     def output_off(self) -> None:
         """``smuX.source.output = smuX.OUTPUT_OFF``."""
         self.output = False
@@ -340,6 +326,4 @@ class Keithley2600B(Instrument):
             z=format_number(0.0), g=format_number(period_s - width_s),
         )
         self.write(line)
-        reply = self.query("*OPC?", timeout_s=n * period_s + self.completion_margin_s)
-        if reply.strip() not in ("1", "1.00000e+00"):
-            raise InstrumentError(self.name, "*OPC?", f"unexpected reply {reply!r} after the pulse train")
+        self.sync(timeout_s=n * period_s + self.completion_margin_s)

@@ -16,7 +16,8 @@ and the channel specifier of Section 5 "Remote commands" / 2 "Switch
 operation": slot digit, row letter, two-digit column, e.g. ``"1A01"`` is slot
 1, row A, column 01 (matrix cards such as the 7174A have rows A-H and columns
 01-12).  ``channel.close``/``exclusiveclose`` refuse ``"slotX"``/``"allslots"``;
-only ``channel.open`` accepts them.  ``*IDN?`` is a common command.
+only ``channel.open`` accepts them.  ``*IDN?`` is sent as an IEEE 488.2 common
+command (the evidence that a 707B answers it is listed below).
 
 Verification of the command strings (which source confirmed what):
 
@@ -37,10 +38,16 @@ Verification of the command strings (which source confirmed what):
   library's 3700A manual shows ``channel.open("allslots")`` verbatim, and the
   hephy-dd ``comet`` driver for the 707B (``src/comet/driver/keithley/k707b.py``)
   sends exactly that string;
-- ``*IDN?``: not found in the 707B manual text read; open-source drivers that
-  talk to real 707Bs send it and match its answer ("Keithley Instruments Inc.,
-  Model 707B, ..."): hephy-dd ``comet`` (``identify()``), hephy-dd
-  ``diode-measurement`` (``K707BAdapter.identify``), SweepMe! 707B driver.
+- ``*IDN?``: still not found in the 707B manual text (searched again: the pages
+  read document ``print(slot[N].idn)`` for the card in a slot, p. 5-27, and the
+  707A/708A compatibility commands, Appendix B, but no common-command page).
+  Evidence that a 707B answers it: the TSP firmware family documents it (2600B
+  reference manual Rev. F Section 11, p. 11-3), and open-source drivers that
+  talk to real 707Bs send it: hephy-dd ``comet`` (its ``K707B`` derives from
+  its IEC 60488 base and identifies with ``*IDN?``), hephy-dd
+  ``diode-measurement`` (``K707BAdapter.identify``), SweepMe! 707B driver.  A
+  707B that did not answer would fail at open with a clear timeout naming
+  ``*IDN?``, before anything is switched.
 
 Wiring convention of this project: matrix **rows** (A-H) are the instrument
 side (SMU HI, pulse generator output, ground), matrix **columns** are the DUT
@@ -54,16 +61,13 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from hil.drivers.bench.instrument import Instrument, InstrumentError
+from hil.drivers.bench.instrument import InstrumentError, TSPInstrument
 from hil.safety import SafetyError, SafetyGuard, SafetyLimits
 
 ROWS = "ABCDEFGH"
 MAX_COLUMN = 12
 MAX_SLOT = 6
-MAX_ERRORS_READ = 20
 _CHANNEL = re.compile(r"^([1-6])([A-H])(\d{2})$")
-#: what ``print(errorqueue.next())`` answers when the queue is empty
-EMPTY_ERROR_ENTRY = "0.00000e+00\tQueue Is Empty\t0.00000e+00\t0.00000e+00"
 _CHANNEL_OP = re.compile(r'channel\.(exclusiveclose|close|open)\("([^"]*)"\)')
 
 
@@ -78,7 +82,7 @@ def channel_name(slot: int, row: str, column: int) -> str:
     return f"{slot}{row}{column:02d}"
 
 
-class Keithley707B(Instrument):
+class Keithley707B(TSPInstrument):
     """A Keithley 707B (6 slots) or 708B (1 slot) switching matrix.
 
     Parameters
@@ -153,19 +157,6 @@ class Keithley707B(Instrument):
             )
         return ",".join(items)
 
-    # -------------------------------------------------------------- methods
-    def identify(self) -> str:
-        """``*IDN?``."""
-        return self.query("*IDN?")
-
-    def clear_errors(self) -> None:
-        """``errorqueue.clear()``."""
-        self.write("errorqueue.clear()")
-
-    def check_errors(self) -> None:
-        """Read ``errorqueue.next()`` until empty; :class:`InstrumentError` if it held errors."""
-        self.check_tsp_error_queue(MAX_ERRORS_READ)
-
     # -------------------------------------------------------------- dry run
     def dry_run_note(self, command: str) -> None:
         """Dry run: track the relays the recorded ``channel.*`` calls would leave closed."""
@@ -184,8 +175,9 @@ class Keithley707B(Instrument):
 
     def _dry_reply(self, command: str) -> str | None:
         """Empty error queue; ``channel.getclose`` answers the relays the recorded calls left closed."""
-        if command == "print(errorqueue.next())":
-            return EMPTY_ERROR_ENTRY
+        queue = super()._dry_reply(command)
+        if queue is not None:
+            return queue
         if command.endswith('print(channel.getclose("allslots"))'):
             return self.dry_values.get("closed") or "nil"
         return None

@@ -42,10 +42,17 @@ Verification of the command strings (which source confirmed what):
   them; a Trueform EDU33210 driver cites the same commands; the 33500 manual
   page itself was not retrieved;
 - ``SYSTem:ERRor?`` answering ``<code>,"<message>"`` (``+0,"No error"`` when
-  empty): QCoDeS ``WaveformGenerator_33XXX`` (33522B) and hyperion; the
+  empty): QCoDeS ``WaveformGenerator_33XXX`` (33522B) and hyperion; the same
+  query and reply form are documented for the previous generation (33210A
+  user's guide, "System-Related Commands", p. 237); the
   ``OUTPut{n} ON|OFF`` (answering 1/0), ``OUTPut{n}:LOAD?`` answering
   ``9.9E+37`` for INFinity, ``BURSt:MODE TRIG``, ``BURSt:NCYCles``,
   ``BURSt:STATe``, ``TRIGger{n}:SOURce BUS`` strings: QCoDeS and PyMeasure.
+
+A second search of the manual text (this check) found the pulse-width page
+again (p. 69) but not the ``FUNCtion:PULSe:PERiod``, ``VOLTage:LIMit:*`` or
+``SYSTem:ERRor?`` pages; those three stay confirmed by the drivers above,
+which send them to real 33500-series instruments, not by the manual itself.
 
 The short forms (upper-case part of each keyword) are sent.  The generator
 makes unipolar pulses (low level 0 V, high level = amplitude); the bench
@@ -72,7 +79,6 @@ from hil.safety import SafetyError, SafetyGuard, SafetyLimits
 MIN_WIDTH_S = 16e-9
 MAX_WIDTH_S = 1e6
 MAX_BURST_CYCLES = 100_000_000
-MAX_ERRORS_READ = 20
 #: dry run: one ``<header> <value>`` part of a recorded message
 _SCPI_SET = re.compile(r"([A-Z][A-Z0-9:]*) (\S+)")
 
@@ -89,6 +95,19 @@ def _parse_switch(text: str) -> bool:
     if t in ("0", "OFF", "+0"):
         return False
     raise ValueError(text)
+
+
+
+def _within_write_limit(inst: Keysight33500B) -> tuple[float, float]:
+    return (-inst.limits.max_write_voltage_v, inst.limits.max_write_voltage_v)
+
+
+def _volts(header: str, doc: str, *, values: Any = _within_write_limit, readback: bool = False) -> Any:
+    """A voltage setting ``SOUR<ch>:<header>`` (volts), refused outside ``values`` (default +-max_write_voltage_v)."""
+    return control(
+        f"SOUR{{ch}}:{header}?", f"SOUR{{ch}}:{header} {{value}}", doc,
+        validator=strict_range, values=values, units="V", readback=readback,
+    )
 
 
 class Keysight33500B(Instrument):
@@ -119,6 +138,7 @@ class Keysight33500B(Instrument):
         self._cache: dict[str, Any] = {}
 
     readback_rel_tol = 1e-6
+    OPC_REPLIES = ("1", "+1")
     #: extra wait beyond a burst's duration before ``*OPC?`` counts as timed out (seconds)
     completion_margin_s = 5.0
 
@@ -136,40 +156,11 @@ class Keysight33500B(Instrument):
         map_values={"pulse": "PULS"},
         get_parser=str,
     )
-    high_level = control(
-        "SOUR{ch}:VOLT:HIGH?",
-        "SOUR{ch}:VOLT:HIGH {value}",
-        "Pulse high level (the pulse amplitude above the 0 V low level).",
-        validator=strict_range,
-        values=lambda s: (0.0, s.limits.max_write_voltage_v),
-        units="V",
-    )
-    low_level = control(
-        "SOUR{ch}:VOLT:LOW?",
-        "SOUR{ch}:VOLT:LOW {value}",
-        "Pulse low level (idle level); the bench keeps it at 0 V.",
-        validator=strict_range,
-        values=lambda s: (-s.limits.max_write_voltage_v, s.limits.max_write_voltage_v),
-        units="V",
-    )
-    voltage_limit_high = control(
-        "SOUR{ch}:VOLT:LIM:HIGH?",
-        "SOUR{ch}:VOLT:LIM:HIGH {value}",
-        "Instrument-side upper output limit.",
-        validator=strict_range,
-        values=lambda s: (-s.limits.max_write_voltage_v, s.limits.max_write_voltage_v),
-        units="V",
-        readback=True,
-    )
-    voltage_limit_low = control(
-        "SOUR{ch}:VOLT:LIM:LOW?",
-        "SOUR{ch}:VOLT:LIM:LOW {value}",
-        "Instrument-side lower output limit.",
-        validator=strict_range,
-        values=lambda s: (-s.limits.max_write_voltage_v, s.limits.max_write_voltage_v),
-        units="V",
-        readback=True,
-    )
+    high_level = _volts("VOLT:HIGH", "Pulse high level (the pulse amplitude above the 0 V low level).",
+                        values=lambda s: (0.0, s.limits.max_write_voltage_v))
+    low_level = _volts("VOLT:LOW", "Pulse low level (idle level); the bench keeps it at 0 V.")
+    voltage_limit_high = _volts("VOLT:LIM:HIGH", "Instrument-side upper output limit.", readback=True)
+    voltage_limit_low = _volts("VOLT:LIM:LOW", "Instrument-side lower output limit.", readback=True)
     voltage_limits_enabled = control(
         "SOUR{ch}:VOLT:LIM:STAT?",
         "SOUR{ch}:VOLT:LIM:STAT {value}",
@@ -234,10 +225,6 @@ class Keysight33500B(Instrument):
     )
 
     # -------------------------------------------------------------- methods
-    def identify(self) -> str:
-        """``*IDN?``."""
-        return self.query("*IDN?")
-
     def clear_errors(self) -> None:
         """``*CLS`` (clears the error queue and event registers)."""
         self.write("*CLS")
@@ -245,7 +232,7 @@ class Keysight33500B(Instrument):
     def check_errors(self) -> None:
         """``SYST:ERR?`` until ``+0,"No error"``; :class:`InstrumentError` if errors were queued."""
         errors: list[tuple[int, str]] = []
-        for _ in range(MAX_ERRORS_READ):
+        for _ in range(self.MAX_ERRORS_READ):
             reply = self.query("SYST:ERR?")
             code_text, _, msg = reply.partition(",")
             try:
@@ -290,12 +277,6 @@ class Keysight33500B(Instrument):
             return f"{float(value):+.14E}"
         except ValueError:
             return value
-
-    def sync(self, timeout_s: float | None = None) -> None:
-        """``*OPC?``: returns once every previous command has been executed."""
-        reply = self.query("*OPC?", timeout_s=timeout_s)
-        if reply.strip() not in ("1", "+1"):
-            raise InstrumentError(self.name, "*OPC?", f"unexpected reply {reply!r}")
 
     def output_off(self) -> None:
         """``OUTP<ch> OFF``."""
