@@ -29,13 +29,16 @@ def open_for_characterization(
     seed: int,
     sim_periphery: str,
     g_range: tuple[float, float] | None,
+    sim_shape: tuple[int, int] = (4, 4),
 ) -> tuple[Any, Any, str]:
     """Open the backend and choose the conductance mapping; returns ``(backend, mapping, why)``.
 
     Mapping precedence: ``--g-range``; the device model of a ``sim:`` spec (with its
     per-device ranges when it was fitted with per-device normalization); a backend's
     ``info.details["conductance"]`` (``{"g_min_s": ..., "g_max_s": ...}``); else 1 uS at
-    ``w_min`` and 10 uS at ``w_max``.
+    ``w_min`` and 10 uS at ``w_max``.  ``sim_shape`` is the array shape of a ``sim:``
+    backend when ``rows``/``cols`` are not given; other backends (``serial:``,
+    ``bench:``) take their shape from the hardware and only check given ones.
     """
     from hil.backends import open_backend, split_spec
     from hil.calibration.mapping import Mapping
@@ -50,6 +53,7 @@ def open_for_characterization(
         from hil.simulated.factory import DEFAULT_PRESET
 
         model = resolve_device_model(rest or DEFAULT_PRESET)
+        rows, cols = rows or sim_shape[0], cols or sim_shape[1]  # hardware: the shape of the device
         kwargs["seed"] = seed
         if sim_periphery == "device":
             kwargs["periphery"] = device_periphery(model)
@@ -139,7 +143,8 @@ def characterize(
             n_dev = len(ms.devices)
             sim_rows = rows or 1
             sim_cols = cols or -(-n_dev // sim_rows)
-            backend, mapping, why = open_for_characterization(spec, sim_rows, sim_cols, seed, sim_periphery, _g_range(g_range))
+            backend, mapping, why = open_for_characterization(spec, rows, cols, seed, sim_periphery, _g_range(g_range),
+                                                              sim_shape=(sim_rows, sim_cols))
             restart = None
             if restart_at_holdout:
                 from hil.calibration.compare import holdout_starts
@@ -159,7 +164,7 @@ def characterize(
         else:
             assert protocol_path is not None
             protocol = PulseProtocol.load(protocol_path)
-            backend, mapping, why = open_for_characterization(spec, rows or 4, cols or 4, seed, sim_periphery, _g_range(g_range))
+            backend, mapping, why = open_for_characterization(spec, rows, cols, seed, sim_periphery, _g_range(g_range))
             with backend:
                 n = len(protocol.select_devices(backend.rows, backend.cols))
                 click.echo(f"protocol {protocol.name}: {len(protocol.schedule())} steps x {n} devices on "

@@ -9,8 +9,13 @@ import click
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="print as JSON")
-def info(as_json: bool) -> None:
-    """Show versions, torch device, backend schemes and device presets."""
+@click.option("--backend", "spec", default=None,
+              help="also open this backend spec (e.g. 'bench:BENCH.yaml?dry_run=1') and show its capabilities")
+def info(as_json: bool, spec: str | None) -> None:
+    """Show versions, torch device, backend schemes and device presets (and a backend's capabilities)."""
+    if spec is not None:
+        _backend_info(spec, as_json)
+        return
     import torch
 
     import hil
@@ -35,3 +40,22 @@ def info(as_json: bool) -> None:
     click.echo("device presets:")
     for name, desc in data["device_presets"].items():
         click.echo(f"  {name:<20} {desc}")
+
+
+def _backend_info(spec: str, as_json: bool) -> None:
+    """Open ``spec``, print its :class:`~hil.backend.BackendInfo`, close it (nothing is written)."""
+    from hil.backends import open_backend
+
+    try:
+        with open_backend(spec) as backend:
+            data = backend.info.model_dump(mode="json")
+    except (ValueError, OSError) as exc:
+        raise click.ClickException(f"cannot open backend {spec!r}: {exc}") from exc
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(f"{data['name']} ({data['kind']}) {data['rows']}x{data['cols']}  {data['hardware_id']}")
+    for key in ("w_min", "w_max", "dw_min", "parallel_update", "transposed_read", "max_pulses_per_call"):
+        click.echo(f"  {key:<20} {data[key]}")
+    for key, value in data["details"].items():
+        click.echo(f"  {key:<20} {value}")
