@@ -10,6 +10,7 @@ dropped connection, ``close()``, the end of a ``with`` block and interpreter exi
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from pathlib import Path
@@ -328,7 +329,7 @@ def test_keyboard_interrupt_mid_read_runs_the_safe_state_and_keeps_the_reads(ben
     measured = ~torch.isnan(partial)
     assert int(measured.sum()) == 6 and bool(measured.flatten()[:6].all())
     assert torch.allclose(partial[measured], emu.true_conductances()[measured], rtol=1e-4)
-    assert any("6 of 16 devices" in note for note in info.value.__notes__)
+    assert sys.version_info < (3, 11) or any("6 of 16 devices" in note for note in info.value.__notes__)
 
 
 def test_keyboard_interrupt_mid_pulse_runs_the_safe_state(bench) -> None:
@@ -365,7 +366,7 @@ def test_dropped_connection_mid_read_is_clear_and_keeps_the_reads(fast_timeouts:
         measured = ~torch.isnan(partial)
         assert int(measured.sum()) == 5
         assert torch.allclose(partial[measured], emu.true_conductances()[measured], rtol=1e-4)
-        assert any("5 of 16 devices" in note for note in info.value.__notes__)
+        assert sys.version_info < (3, 11) or any("5 of 16 devices" in note for note in info.value.__notes__)
         # the safe state still reached the instruments that are there
         assert not emu.smu.output and not emu.generator.output and not xb.guard.armed
         assert isinstance(xb.guard.last_safe_state_error, InstrumentConnectionLost)

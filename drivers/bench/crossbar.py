@@ -296,11 +296,12 @@ class BenchCrossbar(CrossbarBackend):
         self.last_partial_read = g
         with contextlib.suppress(AttributeError, TypeError):  # exceptions without a __dict__
             exc.partial_conductances_s = g  # type: ignore[attr-defined]
-        exc.add_note(
-            f"bench {self.config.name!r}: read interrupted after {done} of {g.numel()} devices; the values "
-            "measured (siemens, NaN where not measured) are in exc.partial_conductances_s and "
-            "BenchCrossbar.last_partial_read"
-        )
+        if hasattr(exc, "add_note"):  # Python >= 3.11
+            exc.add_note(
+                f"bench {self.config.name!r}: read interrupted after {done} of {g.numel()} devices; the values "
+                "measured (siemens, NaN where not measured) are in exc.partial_conductances_s and "
+                "BenchCrossbar.last_partial_read"
+            )
 
     def conductance_to_weight(self, g: torch.Tensor) -> torch.Tensor:
         c = self.config.conductance
