@@ -13,6 +13,7 @@ from hil.device_model import ConstantStep, DeviceModel
 from hil.extraction import (
     AnalogAccumulator,
     AveragingConfig,
+    ColumnPeriphery,
     DifferentialPair,
     ModelAverager,
     deploy,
@@ -23,6 +24,8 @@ from hil.extraction import (
     save_extracted,
     zero_shift,
 )
+from hil.extraction.deploy import calibrate_columns, column_gains
+from hil.extraction.program import WriteVerifyConfig, write_verify
 from hil.nn import AnalogConv2d, AnalogLinear, convert_to_analog
 from hil.simulated import PeripheryConfig, SimulatedCrossbar
 from hil.training import TrainingConfig, TrainingController, digits_network, simulated_factory
@@ -255,6 +258,200 @@ def test_deploy_on_ideal_array_reaches_tolerance():
     x = torch.rand(5, 64)
     with torch.no_grad():
         assert float((analog(x) - net(x)).abs().max()) < tol * 64 + 1e-4
+
+
+class _Recording(SimulatedCrossbar):
+    """A simulated array that records every pulse call and every (averaged) read."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.log: list[tuple[str, torch.Tensor]] = []
+
+    def _pulse(self, counts):
+        self.log.append(("pulse", counts.clone()))
+        super()._pulse(counts)
+
+    def read(self, n_reads=1):
+        w = super().read(n_reads)
+        self.log.append(("read", w.clone()))
+        return w
+
+
+def _pcm_array(rows=16, cols=64, seed=3, cls=SimulatedCrossbar):
+    from hil.simulated import resolve_device_model
+    from hil.training.digits import digits_periphery
+
+    model = resolve_device_model("pcm-noisy")
+    periphery = digits_periphery(0.06).model_copy(update={"w_noise": model.read_noise})
+    return cls(rows, cols, device=model, periphery=periphery, seed=seed)
+
+
+def test_write_verify_without_freeze_is_crossbar_program():
+    # freeze=False, no confirmation: the same loop as CrossbarBackend.program, bit for bit
+    target = torch.empty(8, 16).uniform_(-0.8, 0.8, generator=torch.Generator().manual_seed(0))
+    a, b = _pcm_array(8, 16, seed=7), _pcm_array(8, 16, seed=7)
+    ra = a.program(target, tol=0.02, max_iter=30, n_reads=4)
+    rb = write_verify(b, target, WriteVerifyConfig(tol=0.02, max_iter=30, n_reads=4, freeze=False))
+    assert torch.equal(a.true_weights(), b.true_weights())
+    assert ra == rb
+
+
+def test_write_verify_freeze_pulses_no_device_after_it_verified():
+    target = torch.empty(8, 32).uniform_(-0.8, 0.8, generator=torch.Generator().manual_seed(1))
+    a = _pcm_array(8, 32, seed=2, cls=_Recording)
+    cfg = WriteVerifyConfig(tol=0.02, max_iter=60, n_reads=16)
+    rep = write_verify(a, target, cfg)
+    verified = torch.zeros(8, 32, dtype=torch.bool)
+    pulsed_after = 0
+    for kind, t in a.log:
+        if kind == "read":
+            verified |= (target - t).abs() <= cfg.tol
+        else:
+            pulsed_after += int(((t != 0) & verified).sum())
+    assert pulsed_after == 0
+    assert int(verified.sum()) > 0.9 * target.numel() and rep.pulses_spent > 0
+
+
+def test_freeze_rule_removes_the_far_off_devices_on_pcm_noisy():
+    # pcm-noisy: a pulse's noise (1.5 x the step, up to ~0.06) exceeds tol 0.02; without the
+    # freeze rule devices that verified get re-pulsed on read-noise false alarms and end far off
+    target = torch.empty(16, 64).uniform_(-0.9, 0.9, generator=torch.Generator().manual_seed(0))
+    errs = {}
+    for freeze in (False, True):
+        a = _pcm_array(seed=5)
+        write_verify(a, target, WriteVerifyConfig(tol=0.02, max_iter=100, n_reads=64, freeze=freeze))
+        errs[freeze] = (a.true_weights() - target).abs()
+    assert float(errs[False].max()) > 0.15  # the mechanism the freeze rule fixes
+    assert float(errs[True].max()) < 0.06  # tol + the verify read's noise (0.063 / 8) x 5
+    assert float(errs[True].pow(2).mean().sqrt()) < 0.7 * float(errs[False].pow(2).mean().sqrt())
+
+
+def test_confirmation_read_reopens_false_passes():
+    # 8 reads per verify read (noise 0.022 > tol 0.02): many false passes; a 256-read confirmation
+    # reopens them
+    target = torch.empty(16, 64).uniform_(-0.5, 0.5, generator=torch.Generator().manual_seed(2))
+    errs = {}
+    for confirm in (0, 256):
+        a = _pcm_array(seed=9)
+        rep = write_verify(a, target, WriteVerifyConfig(tol=0.02, max_iter=100, n_reads=8, confirm_reads=confirm))
+        errs[confirm] = float((a.true_weights() - target).abs().gt(0.04).float().mean())
+        assert rep.reads >= 8 + confirm
+    assert errs[256] < 0.5 * errs[0], errs
+
+
+def test_column_gains_and_periphery_reproduce_the_digital_layer():
+    w = torch.tensor([[0.2, -0.4, 0.1], [1.8, 0.3, -0.9], [0.0, 0.0, 0.0]])
+    g = column_gains(w, "column", out_scale=1.5, fill=0.9, w_max=2.0)
+    assert torch.allclose(g, torch.tensor([0.4 / 1.8, 1.0, 1.5]))  # the zero row keeps out_scale
+    assert torch.equal(column_gains(w, "layer", 1.5, 0.9, 2.0), torch.full((3,), 1.5))
+    with pytest.raises(ValueError, match="mapping"):
+        column_gains(w, "row", 1.5, 0.9, 2.0)
+    # on ideal pairs the deployed model computes the digital one
+    torch.manual_seed(0)
+    net = digits_network("mlp")
+    factory = simulated_factory("ideal", PeripheryConfig.ideal(), seed=0)
+    analog, rep = deploy(net, factory, pair=True, mapping="column", verify=WriteVerifyConfig(tol=0.002, n_reads=1))
+    assert isinstance(analog[0], ColumnPeriphery) and rep.digital_params == 2 * (32 + 10)
+    for L, lin in zip(rep.layers, (net[0], net[2]), strict=True):
+        peak = float(lin.weight.detach().abs().amax(1).max())
+        assert abs(L.gain_max - peak / 1.8) < 1e-6 and L.clipped == 0
+    x = torch.rand(5, 64)
+    with torch.no_grad():
+        assert float((analog(x) - net(x)).abs().max()) < 0.05
+
+
+def test_forward_reads_average_the_output_noise():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 8))
+    factory = simulated_factory("ideal", PeripheryConfig(inp_res_bits=None, out_res_bits=None, out_bound=None,
+                                                         out_noise=0.1), seed=1)
+    var = {}
+    for k in (1, 4):
+        analog, _ = deploy(net, factory, mapping="layer", verify=WriteVerifyConfig(tol=0.01, n_reads=64),
+                           forward_reads=k)
+        x = torch.rand(1, 16).expand(400, 16)
+        with torch.no_grad():
+            var[k] = float(analog(x).var(dim=0).mean())
+    assert 0.15 < var[4] / var[1] < 0.4, var
+
+
+def test_calibrate_columns_removes_a_per_column_gain_and_offset_error():
+    torch.manual_seed(0)
+    net = digits_network("cnn")
+    factory = simulated_factory("ideal", PeripheryConfig.ideal(), seed=0)
+    analog, _ = deploy(net, factory, mapping="layer", out_scale=[0.5, 0.5, 1.0], max_iter=0)
+    g = torch.Generator().manual_seed(3)
+    scales = {}
+    for name, mod in analog.named_modules():
+        if isinstance(mod, ColumnPeriphery):
+            w = net.get_submodule(name).weight.detach().reshape(mod.analog.rows, -1) / mod.gain[:, None]
+            # systematic error per column: the array's gain off by 2 % (std), the offset by 0.1
+            scales[name] = (1 + 0.02 * torch.randn(mod.analog.rows, generator=g)).clamp(0.96, 1.04)
+            mod.analog.backend.set_weights(w * scales[name][:, None])
+            mod.offset.add_(0.1 * torch.randn(mod.analog.rows, generator=g))
+    gains0 = {n: m.gain.clone() for n, m in analog.named_modules() if isinstance(m, ColumnPeriphery)}
+    x = torch.rand(256, 64, generator=g)
+    with torch.no_grad():
+        before = float((analog(x) - net(x)).pow(2).mean())
+        n = calibrate_columns(analog, net, x, reads=1)
+        after = float((analog(x) - net(x)).pow(2).mean())
+    assert n == 256 * (16 + 4 + 1)  # output pixels of the two convolutions and the linear layer
+    assert after < 1e-3 * before, (before, after)
+    # each column's gain undoes its array's gain error, the offset is the bias again
+    for name, mod in analog.named_modules():
+        if isinstance(mod, ColumnPeriphery):
+            ratio = mod.gain / gains0[name]
+            assert float((ratio * scales[name] - 1).abs().max()) < 1e-3, name
+            assert torch.allclose(mod.offset, net.get_submodule(name).bias.detach(), atol=1e-3)
+    # an error on the weights of an always-on input is an output offset: the offset absorbs it
+    lin = nn.Linear(16, 8)
+    analog, _ = deploy(lin, factory, mapping="layer", max_iter=0)
+    mod = analog
+    w = lin.weight.detach().clone()
+    delta = 0.05 * torch.randn(8, generator=g)
+    w[:, 0] += delta
+    mod.analog.backend.set_weights(w)
+    x = torch.rand(128, 16, generator=g)
+    x[:, 0] = 1.0
+    with torch.no_grad():
+        calibrate_columns(analog, lin, x, reads=1)
+        assert torch.allclose(mod.offset, lin.bias.detach() - delta, atol=1e-4)
+        assert float((analog(x) - lin(x)).abs().max()) < 1e-4
+
+
+def test_deployment_summary_over_programmings():
+    from hil.extraction.demo import deployment_summary
+
+    rep = {"rms_error": 0.01, "pulses_spent": 5}
+    runs = [{"seed": 0, "average_digital": 0.90, "average_deployed_each": [0.89, 0.91, 0.88], "deploy": [rep] * 3},
+            {"seed": 1, "average_digital": 0.80, "average_deployed_each": [0.80, 0.78, 0.79], "deploy": [rep] * 3}]
+    d = deployment_summary(runs)
+    assert d["programmings"] == 3 and d["device"] == "pcm-noisy"
+    assert d["per_seed"][0]["gap_each"] == pytest.approx([-0.01, 0.01, -0.02])
+    assert d["per_seed"][1]["gap_mean"] == pytest.approx(-0.01)
+    assert d["worst_seed_gap"] == pytest.approx(-0.01)
+    assert d["gap_all"]["min"] == pytest.approx(-0.02) and d["gap_all"]["max"] == pytest.approx(0.01)
+    # pooled within-model std (ddof 1 per model; model 1: gaps 0, -0.02, -0.01, variance 1e-4)
+    v0 = ((0.01 / 3) ** 2 + (0.01 + 0.01 / 3) ** 2 + (0.02 - 0.01 / 3) ** 2) / 2
+    assert d["std_within_model"] == pytest.approx(((v0 + 0.0001) / 2) ** 0.5)
+
+
+def test_set_exact_writes_the_pair_targets():
+    from hil.extraction.study import set_exact
+
+    torch.manual_seed(0)
+    net = digits_network("mlp")
+    factory = simulated_factory("ideal", PeripheryConfig.ideal(), seed=0)
+    analog, _ = deploy(net, factory, pair=True, mapping="column", max_iter=0)
+    set_exact(analog, net)
+    for idx in (0, 2):
+        mod = analog[idx]
+        t = net[idx].weight.detach() / mod.gain[:, None]
+        g = mod.analog.backend.base.true_weights()
+        assert torch.allclose(g, torch.cat([t / 2, -t / 2], dim=1), atol=1e-6)
+    x = torch.rand(4, 64)
+    with torch.no_grad():
+        assert float((analog(x) - net(x)).abs().max()) < 1e-4
 
 
 @pytest.mark.slow

@@ -6,7 +6,9 @@
   :class:`ExtractionInfo`; :func:`save_extracted` / :func:`load_extracted`.
 - :func:`read_precise`: repeated reads to a requested precision.
 - :func:`pulse_response` / :class:`PulseResponse`: D's measured pulse response (analog variant).
+- :func:`write_verify` / :class:`WriteVerifyConfig`: write-verify with the freeze rule.
 - :func:`deploy`: write-verify onto fresh arrays (optionally :class:`DifferentialPair` s),
+  per-column digital gain (:class:`ColumnPeriphery`), optional :func:`calibrate_columns`;
   :class:`DeployReport`.
 - :func:`run_extraction_demo`: the four accuracies of examples/extract_and_deploy.py.
 """
@@ -20,7 +22,14 @@ from hil.extraction.averager import (
     zero_shift,
 )
 from hil.extraction.demo import KEYS, run_extraction_demo, run_extraction_seed, summarize
-from hil.extraction.deploy import DeployReport, DifferentialPair, LayerDeployment, deploy
+from hil.extraction.deploy import (
+    ColumnPeriphery,
+    DeployReport,
+    DifferentialPair,
+    LayerDeployment,
+    calibrate_columns,
+    deploy,
+)
 from hil.extraction.export import (
     ExtractionInfo,
     LayerExtraction,
@@ -30,11 +39,13 @@ from hil.extraction.export import (
     read_precise,
     save_extracted,
 )
+from hil.extraction.program import WriteVerifyConfig, write_verify
 
 __all__ = [
     "KEYS",
     "AnalogAccumulator",
     "AveragingConfig",
+    "ColumnPeriphery",
     "DeployReport",
     "DifferentialPair",
     "ExtractionInfo",
@@ -43,6 +54,8 @@ __all__ = [
     "ModelAverager",
     "PreciseRead",
     "PulseResponse",
+    "WriteVerifyConfig",
+    "calibrate_columns",
     "deploy",
     "extract",
     "load_extracted",
@@ -52,5 +65,6 @@ __all__ = [
     "run_extraction_seed",
     "save_extracted",
     "summarize",
+    "write_verify",
     "zero_shift",
 ]

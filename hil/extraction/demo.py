@@ -11,7 +11,9 @@ device; D on the same device without cycle-to-cycle noise, as a control).
 Figures: (1) last iterate used in place on the arrays, (2) last iterate read to
 digital, (3) the digital average, (4) the digital average programmed onto fresh
 arrays of another device (preset ``pcm-noisy`` with its read noise 0.02, same
-periphery otherwise, each weight on a differential pair).
+periphery otherwise, each weight on a differential pair, per-column digital gain,
+write-verify with the freeze rule), mean over ``DEPLOY_PROGRAMMINGS`` independent
+programmings per trained model.
 """
 
 from __future__ import annotations
@@ -28,18 +30,29 @@ from hil.datasets import load_digits_split
 from hil.extraction.averager import AveragingConfig, ModelAverager
 from hil.extraction.deploy import deploy
 from hil.extraction.export import extract
+from hil.extraction.program import WriteVerifyConfig
 
 KEYS = ("last_iterate_analog", "last_iterate_digital", "average_digital", "average_deployed")
 ANALOG_KEYS = ("average_analog_D", "average_analog_D_no_c2c")
 DEPLOY_DEVICE = "pcm-noisy"
-# Our choice, from a sweep on 3 seeds (docs/extraction.md): every weight on a differential pair
-# of pcm-noisy devices (G+ = w/2, G- = -w/2: both in the middle of the range, where the
-# power-law steps have not vanished), the arrays hold W / OUT_SCALE (digital output factor 1.0
-# on top of the training OUT_SCALE; the pair's range +-2 covers C's +-1.8); write-verify tol
-# 0.02 per device, 64 reads averaged per verify read, at most 100 rounds.
+# Our choice, from the deployment study (docs/extraction.md, hil.extraction.study): every weight
+# on a differential pair of pcm-noisy devices (G+ = w/2, G- = -w/2, G+ trimmed against the read
+# G-); per-column mapping: each array row's largest weight at 90 % of the pair's range (+-1.8),
+# the row's digital gain max|W_i| / 1.8 in the periphery (one number per column); write-verify
+# with the freeze rule (a device that verifies inside tol gets no more pulses), tol 0.01 per
+# device, 128 reads averaged per verify read, at most 150 rounds per phase; one MVM per input.
+DEPLOY_VERIFY = WriteVerifyConfig(tol=0.01, n_reads=128, max_iter=150)
+DEPLOY_SETTINGS: dict[str, Any] = {"pair": True, "verify": DEPLOY_VERIFY, "mapping": "column", "column_fill": 0.9}
+# the out_scale a "layer" mapping uses (the training OUT_SCALE; not used by the column mapping)
 DEPLOY_OUT_SCALE = 1.0
-DEPLOY_SETTINGS: dict[str, Any] = {"tol": 0.02, "n_reads": 64, "max_iter": 100, "pair": True}
+# independent programmings (fresh arrays of the deployment device, different seeds) per trained model
+DEPLOY_PROGRAMMINGS = 3
 CONSTANT_RATE: dict[str, Any] = {"schedule": "constant"}
+
+
+def deploy_seed(seed: int, programming: int) -> int:
+    """Seed of the deployment arrays of trained model ``seed``, programming ``programming``."""
+    return 1000 * seed + 991 + programming
 
 
 def deploy_factory(device: str = DEPLOY_DEVICE, seed: int = 0) -> Any:
@@ -63,11 +76,16 @@ def run_extraction_seed(
     eval_passes: int = 5,
     overrides: dict[str, Any] | None = None,
     analog: bool = True,
+    programmings: int = DEPLOY_PROGRAMMINGS,
+    keep_models: bool = False,
 ) -> dict[str, Any]:
     """One seed of the experiment; accuracies in [0, 1] and the details behind them.
 
     ``overrides`` replace fields of the recommended TTv2 config (e.g. ``CONSTANT_RATE``);
-    ``analog``: also run the two analog (D) averagers.
+    ``analog``: also run the two analog (D) averagers.  The average is deployed
+    ``programmings`` times, each onto fresh arrays (seed :func:`deploy_seed`);
+    ``average_deployed`` is the mean over the programmings, ``average_deployed_each`` lists
+    them (``programmings=0``: no deployment, no such keys).  ``keep_models``: the record also holds the extracted ``"average_model"``.
     """
     from hil.nn import convert_to_analog
     from hil.training import (
@@ -80,6 +98,8 @@ def run_extraction_seed(
     from hil.training.digits import OUT_SCALE, digits_periphery
     from hil.training.loop import evaluate, fit
 
+    if programmings < 0:
+        raise ValueError(f"run_extraction_seed: programmings must be >= 0, got {programmings}")
     data = load_digits_split()
     cfg = recommended_config("ttv2", "mlp", seed=seed, epochs=epochs, **(overrides or {}))
     torch.manual_seed(seed)
@@ -110,11 +130,16 @@ def run_extraction_seed(
         out[key] = evaluate(m, data.x_test, data.y_test)
         out[f"extraction_{key}"] = m.extraction.model_dump(mode="json")
         out[f"{key}_pulses"] = sum(int(la.pulses) for la in a.layers)
-    dep_factory = deploy_factory(deploy_device, seed=1000 * seed + 991)
     scale = [DEPLOY_OUT_SCALE * s for s in OUT_SCALE["mlp"]]
-    _, rep = deploy(avg, dep_factory, out_scale=scale, x_test=data.x_test, y_test=data.y_test,
-                    eval_passes=eval_passes, **DEPLOY_SETTINGS)
-    out["average_deployed"] = rep.accuracy
+    reports = []
+    for p in range(programmings):
+        _, rep = deploy(avg, deploy_factory(deploy_device, seed=deploy_seed(seed, p)), out_scale=scale,
+                        x_test=data.x_test, y_test=data.y_test, eval_passes=eval_passes, **DEPLOY_SETTINGS)
+        reports.append(rep)
+    if reports:
+        each = [float(r.accuracy) for r in reports]  # type: ignore[arg-type]
+        out["average_deployed"] = statistics.fmean(each)
+        out["average_deployed_each"] = each
     # how far the average is from the last iterate, in the arrays' units (C units)
     out["rms_average_minus_last"] = [
         float(((a.weight - b.weight).detach() / s).pow(2).mean().sqrt())
@@ -124,9 +149,11 @@ def run_extraction_seed(
         "snapshots": dig.snapshots,
         "extraction_last": last.extraction.model_dump(mode="json"),
         "extraction_average": avg.extraction.model_dump(mode="json"),
-        "deploy": rep.model_dump(mode="json"),
+        "deploy": [r.model_dump(mode="json") for r in reports],
         "train_seconds": t_train,
     })
+    if keep_models:
+        out["average_model"] = avg
     return out
 
 
@@ -151,7 +178,38 @@ def _summary(runs: list[dict[str, Any]], analog: bool) -> dict[str, Any]:
         out.update(summarize(runs, ANALOG_KEYS))
     out["average_minus_last_digital"] = paired(runs, "average_digital", "last_iterate_digital")
     out["deployed_minus_average"] = paired(runs, "average_deployed", "average_digital")
+    out["deployment"] = deployment_summary(runs)
     return out
+
+
+def deployment_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Deployment over several programmings per trained model: per seed the accuracies of
+    every programming and their gaps to the digital average; over all (seed, programming)
+    pairs the gap's mean, std (ddof 1), min and max; ``std_within_model``: the pooled std
+    of the programmings of one model (ddof 1 per model); ``worst_seed_gap``: the most
+    negative per-seed mean gap."""
+    per_seed, gaps, within = [], [], []
+    for r in runs:
+        each = [float(a) for a in r["average_deployed_each"]]
+        g = [a - float(r["average_digital"]) for a in each]
+        gaps.extend(g)
+        if len(g) > 1:
+            within.append(statistics.variance(g))
+        per_seed.append({"seed": r["seed"], "average_digital": r["average_digital"], "deployed_each": each,
+                         "gap_each": g, "gap_mean": statistics.fmean(g),
+                         "rms_error_effective": [d["rms_error"] for d in r["deploy"]],
+                         "pulses": [d["pulses_spent"] for d in r["deploy"]]})
+    return {
+        "device": DEPLOY_DEVICE,
+        "programmings": len(runs[0]["average_deployed_each"]) if runs else 0,
+        "settings": {k: (v.model_dump(mode="json") if isinstance(v, WriteVerifyConfig) else v)
+                     for k, v in DEPLOY_SETTINGS.items()},
+        "per_seed": per_seed,
+        "gap_all": {"mean": statistics.fmean(gaps), "std": statistics.stdev(gaps) if len(gaps) > 1 else 0.0,
+                    "min": min(gaps), "max": max(gaps)},
+        "std_within_model": statistics.fmean(within) ** 0.5 if within else 0.0,
+        "worst_seed_gap": min(p["gap_mean"] for p in per_seed),
+    }
 
 
 def run_extraction_demo(
@@ -162,6 +220,7 @@ def run_extraction_demo(
     progress: bool = False,
     cosine: bool = True,
     analog: bool = True,
+    programmings: int = DEPLOY_PROGRAMMINGS,
 ) -> dict[str, Any]:
     """The four accuracies ``{"last_iterate_analog", "last_iterate_digital", "average_digital",
     "average_deployed"}``, each ``{"mean", "std"}`` over ``seeds``, and the paired per-seed
@@ -173,8 +232,11 @@ def run_extraction_demo(
     last iterate) under ``"cosine_schedule"``, with the analog-D variants
     ``average_analog_D`` / ``average_analog_D_no_c2c`` there when ``analog``.
 
-    ``quick``: 15 epochs (the recommended TTv2 run); otherwise 30.  ``details``, if a
-    list, receives every seed's full record; ``json_path`` writes the summary as JSON.
+    ``average_deployed`` is per seed the mean over ``programmings`` independent
+    programmings (fresh arrays); ``"deployment"`` (:func:`deployment_summary`) holds every
+    programming.  ``quick``: 15 epochs (the recommended TTv2 run); otherwise 30.
+    ``details``, if a list, receives every seed's full record; ``json_path`` writes the
+    summary as JSON.
     """
     torch.set_num_threads(1)
     epochs = 15 if quick else 30
@@ -185,12 +247,13 @@ def run_extraction_demo(
     for name, over, with_analog in settings:
         runs = []
         for s in seeds:
-            r = run_extraction_seed(s, epochs=epochs, overrides=over, analog=with_analog)
+            r = run_extraction_seed(s, epochs=epochs, overrides=over, analog=with_analog, programmings=programmings)
             r["setting"] = name
             if progress:
                 keys = (*KEYS, *ANALOG_KEYS) if with_analog else KEYS
                 print(f"{name} seed {s}: " + ", ".join(f"{k} {r[k]:.4f}" for k in keys)
-                      + f" ({r['train_seconds']:.0f} s training)", flush=True)
+                      + f" (programmings {', '.join(f'{a:.4f}' for a in r['average_deployed_each'])}; "
+                      f"{r['train_seconds']:.0f} s training)", flush=True)
             runs.append(r)
         if details is not None:
             details.extend(runs)
