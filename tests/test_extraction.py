@@ -253,7 +253,7 @@ def test_deploy_on_ideal_array_reaches_tolerance():
     factory = simulated_factory("ideal", PeripheryConfig.ideal(), seed=0)
     analog, rep = deploy(net, factory, tol=tol, max_iter=60, n_reads=1)
     for L in rep.layers:
-        assert L.converged_fraction == 1.0 and L.max_error <= tol and L.clipped == 0
+        assert L.converged_fraction == 1.0 and L.max_error <= tol and L.clipped == 0 and L.far_off == 0
     assert rep.pulses_spent > 0
     x = torch.rand(5, 64)
     with torch.no_grad():

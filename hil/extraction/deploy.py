@@ -17,6 +17,7 @@ from hil.nn import convert_to_analog
 from hil.nn.layers import AnalogLayer
 
 ArrayFactory = Callable[[int, int, str], CrossbarBackend]
+FAR_OFF = 0.1  # a weight this far off target (arrays' units: 5 x tol 0.02, 10 x tol 0.01) counts as far off
 
 
 class DifferentialPair(CrossbarBackend):
@@ -161,6 +162,7 @@ class LayerDeployment(HilModel):
     rms_error_normalized: float = Field(description="rms(read - target) in the array's units (W = G+ - G- for a pair) [normalized weight]")
     max_error: float = Field(description="max |read - target| after programming, times the column gain [effective weight]")
     clipped: int = Field(description="targets outside [w_min, w_max] clipped before programming [devices]")
+    far_off: int = Field(0, description="weights whose precise read is more than FAR_OFF off target [weights]")
     gain_min: float = Field(description="smallest digital column gain (effective weight per array unit)")
     gain_max: float = Field(description="largest digital column gain")
 
@@ -327,7 +329,7 @@ def deploy(
             name=name or "<root>", converged_fraction=rep.converged_fraction, iterations=rep.iterations,
             pulses_spent=rep.pulses_spent, program_reads=rep.reads, rms_error=float(err.pow(2).mean().sqrt()),
             rms_error_normalized=float(err_n.pow(2).mean().sqrt()), max_error=float(err.abs().max()),
-            clipped=clipped, gain_min=float(gain.min()), gain_max=float(gain.max())))
+            clipped=clipped, far_off=int((err_n.abs() > FAR_OFF).sum()), gain_min=float(gain.min()), gain_max=float(gain.max())))
         sq += float(err.pow(2).sum())
         sq_n += float(err_n.pow(2).sum())
         count += err.numel()

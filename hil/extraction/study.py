@@ -96,6 +96,8 @@ def _deploy_variant(avg: nn.Module, seed: int, programming: int, kwargs: dict[st
     acc = sum(evaluate(model, data.x_test, data.y_test) for _ in range(eval_passes)) / eval_passes
     return {"accuracy": acc, "rms_error": None if exact else rep.rms_error,
             "max_error": None if exact else max(L.max_error for L in rep.layers),
+            "layer_max_error": None if exact else [L.max_error for L in rep.layers],
+            "layer_far_off": None if exact else [L.far_off for L in rep.layers],
             "pulses": rep.pulses_spent, "reads": sum(L.program_reads for L in rep.layers), "cpu_seconds": cpu,
             "calibration_mvms": rep.calibration_mvms}
 
@@ -111,8 +113,10 @@ def run_deployment_study(
     """The deployment study on constant-rate TTv2 averages (15 epochs with ``quick``, else 30).
 
     Returns ``{"models": [{"seed", "average_digital"}], "variants": {name: {"description",
-    "gap": {"mean", "std", "min", "max"}, "seed_gaps": [...], "rms_error", "max_error",
-    "pulses", "reads", "cpu_seconds", "runs": [...]}}}``; gaps are deployed - digital average
+    "gap": {"mean", "std", "min", "max"}, "seed_gaps": [...], "rms_error" (range over runs),
+    "max_error", "layer_max_error", "far_off" (per layer, summed over runs), "pulses",
+    "reads", "cpu_seconds" (means over runs), "runs": [...]}}}``; errors in effective weight
+    units except ``far_off`` (arrays' units, :data:`~hil.extraction.deploy.FAR_OFF`); gaps are deployed - digital average
     in accuracy units (paired per programming), std with ddof 1 over all (seed,
     programming) pairs.
     """
@@ -154,6 +158,11 @@ def run_deployment_study(
             "seed_gaps": seed_gaps,
             "rms_error": [min(errs), max(errs)] if errs else None,
             "max_error": max(maxs) if maxs else None,
+            # per layer: weights more than FAR_OFF off target, summed over the runs
+            "far_off": None if runs[0]["layer_far_off"] is None
+            else [sum(r["layer_far_off"][i] for r in runs) for i in range(len(runs[0]["layer_far_off"]))],
+            "layer_max_error": None if runs[0]["layer_max_error"] is None
+            else [max(r["layer_max_error"][i] for r in runs) for i in range(len(runs[0]["layer_max_error"]))],
             "pulses": statistics.fmean(r["pulses"] for r in runs),
             "reads": statistics.fmean(r["reads"] for r in runs),
             "cpu_seconds": statistics.fmean(r["cpu_seconds"] for r in runs),
