@@ -30,7 +30,11 @@ are compared too.  Options:
   :mod:`hil.validation.sensitivity` (20 seeds; 5 with ``--quick``);
 - ``--specificity``: real-data splits of the ferroelectric devices with several
   runs (../shared/data/ferro-hzo-ampsweep): earlier/later and interleaved halves,
-  and earlier against later runs of one pulse width;
+  and earlier against later runs of one pulse width; plus an audit of what the
+  shared data allow (runs of one device repeating one pulse program: none);
+- ``--replication``: the synthetic unit-of-replication study of
+  :mod:`hil.validation.replication` (one device whose runs vary from run to run,
+  compared with itself: false failures, insufficient-replication verdicts);
 - ``--training-resolution``: what the analog-SGD training check resolves, on
   simulated arrays of the hidden model against other chips of it, models with one
   property changed and the constant-step control (about 10 minutes);
@@ -43,13 +47,15 @@ Usage::
     python examples/validation_loop.py --training --sensitivity --specificity --json all.json
     python examples/validation_loop.py --training-from validation_loop_out --json training.json
     python examples/validation_loop.py --skip-loop --training-resolution --specificity --json extra.json
+    python examples/validation_loop.py --skip-loop --specificity --replication --json spec.json
 
 JSON: ``{"passed": <fitted simulator passed>, "control_passed": <constant-step
 control passed>, "chosen_model": ..., "statistics": [{"name", "value",
 "threshold", "status", "control_value", "control_threshold", "control_status"},
 ...], "mvm": {...}, "training": {"analog_sgd": {"fitted": {...}, "control": {...}}, "ttv2": {...}} | null,
 "training_resolution": [...] | null, "sensitivity": {...} | null,
-"specificity": [...] | null, "seconds": ...}``.  One torch thread.
+"specificity": {"splits": [...], "audit": {...}} | null, "replication": {"rows": [...]} | null,
+"seconds": ...}``.  One torch thread.
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from hil.config import dump_json
@@ -231,17 +238,22 @@ def training_resolution(hidden: Any, quick: bool) -> list[dict[str, Any]]:
 NEIGHBOUR_RUNS = [("ID301XR1000Oct", [4], [5]), ("ID301XR1000Oct", [6, 7], [8]), ("ID301XR1000Oct", [10], [11])]
 
 
-def specificity_check() -> list[dict[str, Any]]:
-    """Splits of ferroelectric devices: earlier/later and interleaved halves of every device
-    with at least 6 runs, and the runs of one device that share a pulse width (one protocol).
+def specificity_check() -> dict[str, Any]:
+    """Real data: what the shared sets allow for "one device split in two".
 
-    The gong HfO2 file is one device and one cycle (1000 up, then 1000 down pulses): it
-    has no earlier and later cycles to split."""
+    ``splits``: earlier/later and interleaved halves of every ferroelectric device with
+    at least 6 runs; the nearest like-for-like splits (runs of one device with one pulse
+    width, neighbouring runs of one ID301 sweep), whose pulse programs still differ.
+    ``audit``: runs of one device that repeat one pulse program (width and every
+    pulse's amplitude): none; identical programs on different devices; and the gong
+    HfO2 file (one device, one cycle), whose earlier and later halves of each phase
+    visit different states."""
     from hil.calibration.importers.base import import_measurements
     from hil.validation.compare import compare_measurements
     from hil.validation.measurements import UnusableInputError, from_loaded
     from hil.validation.splits import (
         cycle_settings,
+        run_protocols,
         same_setting_groups,
         select_cycles,
         split_cycles,
@@ -258,10 +270,11 @@ def specificity_check() -> list[dict[str, Any]]:
             out.append({"device": dev, "runs": n_runs, "split": split, "unusable": str(exc)})
             return
         traj = rep.statistic("trajectory_nrmse")
-        out.append({"device": dev, "runs": n_runs, "split": split, "passed": rep.passed,
-                    "failed": rep.failed(), "evaluated": rep.n_evaluated,
+        out.append({"device": dev, "runs": n_runs, "split": split, "verdict": rep.verdict, "passed": rep.passed,
+                    "failed": rep.failed(), "insufficient": rep.insufficient(), "evaluated": rep.n_evaluated,
+                    "units": [rep.reference.units, rep.candidate.units],
                     "trajectory_nrmse": traj.value, "trajectory_threshold": traj.threshold,
-                    "statistics": [{"name": s.name, "value": s.value, "threshold": s.threshold,
+                    "statistics": [{"name": s.name, "value": s.value, "threshold": s.threshold, "dof": s.dof,
                                     "status": s.status} for s in rep.statistics]})
 
     for dev in m.devices:
@@ -271,7 +284,7 @@ def specificity_check() -> list[dict[str, Any]]:
         for mode in ("halves", "interleaved"):
             a, b = split_cycles(m, dev, mode)
             run(dev, n_runs, mode, a, b)
-    # runs of one device with one pulse width: the like-for-like earlier/later split
+    # runs of one device with one pulse width (their amplitude sweeps differ)
     for dev, (width,), cycles in same_setting_groups(cycle_settings(res.measurements, ("width_s",), digits=2)):
         n_runs = len(set(m.cycle[m.device == dev].tolist()))
         first, second = cycles[: len(cycles) // 2], cycles[len(cycles) // 2:]
@@ -283,7 +296,54 @@ def specificity_check() -> list[dict[str, Any]]:
         n_runs = len(set(m.cycle[m.device == dev].tolist()))
         run(dev, n_runs, f"same sweep: {first} vs {second}",
             select_cycles(m, dev, first, "earlier"), select_cycles(m, dev, second, "later"))
+
+    programs = run_protocols(res.measurements)
+    shared: dict[tuple, list[str]] = {}
+    for (dev, cyc), key in programs.items():
+        shared.setdefault(key, []).append(f"{dev} run {cyc}")
+    runs_per_device: dict[str, int] = {}
+    for dev, _ in programs:
+        runs_per_device[dev] = runs_per_device.get(dev, 0) + 1
+    audit: dict[str, Any] = {
+        "ferro_devices": len(runs_per_device),
+        "ferro_devices_with_several_runs": sorted(d for d, n in runs_per_device.items() if n >= 2),
+        "ferro_same_program_runs_of_one_device": [
+            {"device": d, "runs": c} for d, _, c in same_setting_groups(programs)],
+        "ferro_same_program_on_different_devices": [v for v in shared.values() if len(v) > 1],
+        "gong": gong_halves(),
+    }
+    return {"splits": out, "audit": audit}
+
+
+def gong_halves() -> dict[str, Any]:
+    """The gong HfO2 file: one device, one cycle (1000 up, then 1000 down pulses).  Its only
+    earlier/later split is within a phase: the states (5-95 % of the reads, in the file's
+    normalized units; the importer maps 1 unit to 1 uS) each half of each phase visits."""
+    from hil.calibration.importers.base import import_measurements
+    from hil.validation.measurements import from_loaded
+
+    _, res = import_measurements(SHARED / "reram-hfo2-gong" / "gong_et_al.csv", "updown-columns")
+    m = from_loaded(res.measurements)
+    out: dict[str, Any] = {"devices": len(m.devices), "cycles": len(set(m.cycle.tolist()))}
+    for pol, name in ((1, "up"), (-1, "down")):
+        g = m.conductance[m.polarity == pol] / 1e-6  # back to the file's units (updown-columns: 1 uS per unit)
+        half = g.size // 2
+        out[name] = {
+            "pulses": int(g.size),
+            "earlier_half_states": [round(float(np.percentile(g[:half], q)), 3) for q in (5, 95)],
+            "later_half_states": [round(float(np.percentile(g[half:], q)), 3) for q in (5, 95)],
+        }
     return out
+
+
+def replication_check(quick: bool) -> dict[str, Any]:
+    """False failures of one device against itself when its runs vary (hil.validation.replication)."""
+    from hil.validation.replication import replication_study
+
+    t0 = time.perf_counter()
+    res = replication_study(seeds=10 if quick else 40)
+    res["seconds"] = time.perf_counter() - t0
+    return res
 
 
 def print_training(tr: dict[str, Any]) -> dict[str, Any]:
@@ -319,13 +379,16 @@ def main() -> None:
                    help="skip the loop: compare training with the fitted model (DIR/device.json) and "
                    "control (DIR/control.json) of an earlier run's --out folder")
     p.add_argument("--skip-loop", action="store_true",
-                   help="skip the closed loop: run only --training-resolution, --sensitivity, --specificity")
+                   help="skip the closed loop: run only --training-resolution, --sensitivity, --specificity, "
+                   "--replication")
     p.add_argument("--algorithms", default="analog_sgd,ttv2",
                    help="training algorithms to compare (default analog_sgd,ttv2)")
     p.add_argument("--training-resolution", action="store_true",
                    help="also measure what the analog-SGD training check resolves (simulator only)")
     p.add_argument("--sensitivity", action="store_true", help="also run the synthetic sensitivity study")
     p.add_argument("--specificity", action="store_true", help="also split real ferroelectric runs")
+    p.add_argument("--replication", action="store_true",
+                   help="also run the synthetic unit-of-replication study (40 seeds; 10 with --quick)")
     p.add_argument("--json", dest="json_path", default=None, help="write the summary JSON here")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -333,7 +396,7 @@ def main() -> None:
     hidden = hidden_model()
     algorithms = tuple(a.strip() for a in args.algorithms.split(",") if a.strip())
     summary: dict[str, Any] = {"hidden_model": hidden.name, "training": None, "training_resolution": None,
-                               "sensitivity": None, "specificity": None}
+                               "sensitivity": None, "specificity": None, "replication": None}
     if args.training_from:
         src = Path(args.training_from)
         summary["training"] = print_training(
@@ -356,13 +419,25 @@ def main() -> None:
         for r in sens["rows"]:
             print(f"  {r['change']:<10} failed {r['failed']:>2}/{r['seeds']}  {r['failed_statistics']}")
     if args.specificity:
-        spec_rows = specificity_check()
-        summary["specificity"] = spec_rows
+        spec = specificity_check()
+        summary["specificity"] = spec
         print("specificity (ferroelectric devices, one device split in two):")
-        for r in spec_rows:
-            verdict = r.get("unusable") or (f"{'PASS' if r['passed'] else 'FAIL'} {r['failed']} "
-                                             f"({r['evaluated']} evaluated)")
-            print(f"  {r['device']:<16} {r['runs']:>2} runs {r['split']:<24} {verdict}")
+        for r in spec["splits"]:
+            verdict = r.get("unusable") or (
+                f"{r['verdict'].upper()} failed {r['failed']} ({r['evaluated']} evaluated, "
+                f"{len(r['insufficient'])} insufficient; units {r['units'][0]} + {r['units'][1]})")
+            print(f"  {r['device']:<16} {r['runs']:>2} runs {r['split']:<28} {verdict}")
+        a = spec["audit"]
+        print(f"  runs of one device that repeat one pulse program: {a['ferro_same_program_runs_of_one_device']}")
+        print(f"  one pulse program on several devices: {a['ferro_same_program_on_different_devices']}")
+        print(f"  gong HfO2: {a['gong']}")
+    if args.replication:
+        rep = replication_check(args.quick)
+        summary["replication"] = rep
+        print("replication (synthetic, one device, runs varying from run to run; same population on both sides):")
+        for r in rep["rows"]:
+            print(f"  {r['case']:<14} runs/side {r['runs_per_side']:>2} run_sd {r['run_sd']:<5} drift {r['drift']:<5} "
+                  f"pass {r['pass']:>2} fail {r['fail']:>2} insufficient {r['insufficient']:>2}  {r['failed_statistics']}")
     summary["seconds"] = time.perf_counter() - t0
     print(f"total {summary['seconds']:.0f} s")
     if args.json_path:

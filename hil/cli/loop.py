@@ -2,7 +2,8 @@
 
 Exit status as ``hil validate``: 0 when the fitted simulator passes validation
 against the backend, 1 when it fails, 2 for unusable input (a spec that does not
-open, a protocol file that is not valid, too little data to compare).
+open, a protocol file that is not valid, too little data to compare, or too
+little replication to judge: one cycle of one device).
 """
 
 from __future__ import annotations
@@ -70,15 +71,18 @@ def loop(
         sys.exit(2)
     click.echo(format_table(result.validation))
     if result.control is not None:
-        verdict = "FAILS as it must" if not result.control.passed else "PASSES: validation could not tell it apart"
+        verdict = {"pass": "PASSES: validation could not tell it apart", "fail": "FAILS as it must",
+                   "insufficient": "cannot be judged (insufficient replication)"}.get(
+            result.control.verdict, "FAILS as it must" if not result.control.passed else "PASSES")
         click.echo(f"control ({result.control.model} step): {verdict}; failed: {', '.join(result.control.failed) or '-'}")
     if result.mvm is not None:
         failed = [s["name"] for s in result.mvm["statistics"] if s["status"] == "fail"]
         click.echo(f"MVM validation: {'PASS' if result.mvm['passed'] else 'FAIL'}"
                    + (f" ({', '.join(failed)})" if failed else ""))
     click.echo(f"report: {result.report_dir}/report.md")
-    click.echo(f"verdict: the fitted {result.chosen_model} simulator "
-               f"{'PASSES' if result.passed else 'FAILS'} validation against {spec}")
+    verdict = result.validation.verdict
+    text = {"pass": "PASSES", "fail": "FAILS", "insufficient": "CANNOT BE JUDGED (insufficient replication) in"}
+    click.echo(f"verdict: the fitted {result.chosen_model} simulator {text[verdict]} validation against {spec}")
     if json_path is not None:
         result.save(json_path)
-    sys.exit(0 if result.passed else 1)
+    sys.exit({"pass": 0, "fail": 1, "insufficient": 2}[verdict])

@@ -2,7 +2,10 @@
 
 Exit status: 0 when every evaluated statistic passes, 1 when any fails, 2 for
 unusable input (a file that cannot be read, too little data, files of
-different protocols, a bad thresholds file).
+different protocols, a bad thresholds file) and for input too little
+replicated to be judged (verdict "insufficient replication": a file holding one
+cycle of one device, whose run-to-run variability cannot be estimated; the
+table and the report are still written).
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ def validate(
     Prints a pass/fail table: trajectory, step size and spread against the
     state, KS tests of the step distributions, asymmetry, number of states,
     symmetry point, device-to-device spread and read noise.  Exit 0: all pass,
-    1: any fails, 2: unusable input.
+    1: any fails, 2: unusable input, or too little replication to judge
+    (one cycle of one device in a file).
     """
     code = run_validate(reference, candidate, report_dir, json_path, thresholds_path, seed, quiet)
     sys.exit(code)
@@ -87,9 +91,27 @@ def run_validate(
     if quiet:
         click.echo(format_table(report).splitlines()[-1])
     else:
-        click.echo(f"reference: {reference} ({report.reference.devices} devices, {report.reference.blocks} device-cycles)")
-        click.echo(f"candidate: {candidate} ({report.candidate.devices} devices, {report.candidate.blocks} device-cycles)")
+        for label, path, f in (("reference", reference, report.reference), ("candidate", candidate, report.candidate)):
+            units = ("1 replication unit: its sampling error cannot be estimated" if f.units < 2 else
+                     f"{f.units} replication units: {'devices' if f.resampled_by == 'device' else 'cycles'}, "
+                     f"{f.resampling}")
+            click.echo(f"{label}: {path} ({f.devices} devices, {f.blocks} device-cycles; {units})")
         click.echo(format_table(report))
         for w in report.warnings:
             click.echo(f"warning: {w}")
+    if report.verdict == "insufficient":
+        click.echo(
+            "hil validate: unusable input: insufficient replication to judge "
+            f"{', '.join(report.insufficient()) or 'any statistic'}: "
+            + _why_insufficient(report), err=True,
+        )
+        return EXIT_UNUSABLE
     return EXIT_PASS if report.passed else EXIT_FAIL
+
+
+def _why_insufficient(report: object) -> str:
+    """The reason of the first insufficient statistic (they share it in the usual case)."""
+    for s in getattr(report, "statistics", []):
+        if s.status == "insufficient":
+            return s.note.split("; ")[0].removeprefix("insufficient replication: ")
+    return "no statistic could be evaluated"

@@ -77,6 +77,7 @@ class ControlResult(HilModel):
 
     model: str
     passed: bool
+    verdict: Literal["pass", "fail", "insufficient", ""] = Field("", description="the control's verdict")
     failed: list[str]
     n_evaluated: int
     csv: str
@@ -236,7 +237,7 @@ def run_loop(
             _simulate(wrong, cfg, ctl_csv, start_w, "control.json")
             rep = compare_measurements(load_measurements(chip_csv), load_measurements(ctl_csv),
                                        cfg.thresholds, cfg.seed).report
-            control = ControlResult(model="constant", passed=rep.passed, failed=rep.failed(),
+            control = ControlResult(model="constant", passed=rep.passed, verdict=rep.verdict, failed=rep.failed(),
                                     n_evaluated=rep.n_evaluated, csv=str(ctl_csv))
             rep.save(out / "control_report.json")
             times["control"] = time.perf_counter() - t

@@ -5,7 +5,7 @@ loop and the examples read back.  :func:`write_report` writes ``report.md`` and
 the figures (matplotlib, Agg backend) into a folder:
 
 - ``trajectories.png``: mean conductance against the position in the cycle,
-  reference and candidate overlaid, with +-2 bootstrap standard errors;
+  reference and candidate overlaid, with +-2 standard errors (from the replicates);
 - ``step_vs_state.png``: mean step and within-device step std against the
   state, for up and down pulses, both files overlaid;
 - ``step_histograms.png``: the step distributions of the compared state bins
@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from hil.config import HilModel, VersionedFile, atomic_write_text
 from hil.validation.thresholds import THRESHOLD_REASONS, ValidationThresholds
@@ -26,7 +26,8 @@ from hil.validation.thresholds import THRESHOLD_REASONS, ValidationThresholds
 if TYPE_CHECKING:  # pragma: no cover
     from hil.validation.compare import Comparison
 
-Status = Literal["pass", "fail", "n/a"]
+Status = Literal["pass", "fail", "n/a", "insufficient"]
+Verdict = Literal["pass", "fail", "insufficient"]
 
 
 class StatisticResult(HilModel):
@@ -38,7 +39,14 @@ class StatisticResult(HilModel):
     margin: float = Field(description="accepted difference (documented default, reason in docs/validation.md)")
     allowance: float = Field(0.0, description="sampling error of the comparison itself")
     threshold: float | None = Field(None, description="margin + allowance")
-    status: Status
+    dof: float | None = Field(
+        None, description="degrees of freedom of the allowance (from replication units, Welch-Satterthwaite); "
+        "None for the permutation null of KS and where not evaluated",
+    )
+    status: Status = Field(
+        description="pass / fail against the threshold; n/a: the data hold nothing to compare (e.g. d2d with "
+        "one device); insufficient: computed, but its sampling error cannot be estimated (one replication unit)"
+    )
     reference: float | None = Field(None, description="the reference's own figure, where one exists")
     candidate: float | None = Field(None, description="the candidate's own figure, where one exists")
     unit: str = Field("", description="unit of value (reference and candidate may use another, see note)")
@@ -55,17 +63,34 @@ class FileSummary(HilModel):
     up_pulses: int = 0
     down_pulses: int = 0
     reads: int = 0
-    resampled_by: Literal["device", "block", "row"] = "device"
+    resampled_by: Literal["device", "block", "none"] = Field(
+        "device", description="replication unit: device, block (a device's cycle) or none (a single unit)"
+    )
+    units: int = Field(0, description="replication units (devices, or device-cycles)")
+    resampling: Literal["bootstrap", "jackknife", "none"] = "bootstrap"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _level_of_1_0(cls, data: Any) -> Any:
+        """Schema 1.0 resampled single rows of a file with few cycles ("row"): one unit now."""
+        if isinstance(data, dict) and data.get("resampled_by") == "row":
+            data = {**data, "resampled_by": "none"}
+        return data
 
 
 class ValidationReport(VersionedFile):
     """Result of comparing a candidate measurement file with a reference one (``hil validate``)."""
 
-    SCHEMA_VERSION = "1.0"
+    SCHEMA_VERSION = "1.1"
     kind: Literal["measurements"] = "measurements"
-    passed: bool
+    passed: bool = Field(description="verdict == 'pass'")
+    verdict: Verdict = Field(
+        "pass", description="fail: a statistic fails; insufficient: none fails but some cannot be judged "
+        "(too little replication); pass: every evaluated statistic passes",
+    )
     n_failed: int
-    n_evaluated: int
+    n_evaluated: int = Field(description="statistics judged pass or fail")
+    n_insufficient: int = Field(0, description="statistics computed but not judged (insufficient replication)")
     reference: FileSummary
     candidate: FileSummary
     statistics: list[StatisticResult]
@@ -77,6 +102,14 @@ class ValidationReport(VersionedFile):
     warnings: list[str] = Field(default_factory=list)
     figures: list[str] = Field(default_factory=list)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _verdict_of_1_0(cls, data: Any) -> Any:
+        """Reports of schema 1.0 have no verdict: it is pass or fail as ``passed`` says."""
+        if isinstance(data, dict) and "verdict" not in data and "passed" in data:
+            data = {**data, "verdict": "pass" if data["passed"] else "fail"}
+        return data
+
     def statistic(self, name: str) -> StatisticResult:
         for s in self.statistics:
             if s.name == name:
@@ -85,6 +118,24 @@ class ValidationReport(VersionedFile):
 
     def failed(self) -> list[str]:
         return [s.name for s in self.statistics if s.status == "fail"]
+
+    def insufficient(self) -> list[str]:
+        return [s.name for s in self.statistics if s.status == "insufficient"]
+
+
+VERDICT_TEXT = {"pass": "PASS", "fail": "FAIL", "insufficient": "INSUFFICIENT REPLICATION"}
+
+
+def verdict_line(report: ValidationReport) -> str:
+    """One line: the verdict and the counts behind it."""
+    n_na = len(report.statistics) - report.n_evaluated - report.n_insufficient
+    text = (
+        f"verdict: {VERDICT_TEXT[report.verdict]}  ({report.n_evaluated - report.n_failed}/{report.n_evaluated} "
+        f"evaluated statistics pass"
+    )
+    if report.n_insufficient:
+        text += f", {report.n_insufficient} not judged (insufficient replication)"
+    return text + f", {n_na} n/a)"
 
 
 def _fmt(v: float | None, digits: int = 4) -> str:
@@ -95,20 +146,18 @@ def _fmt(v: float | None, digits: int = 4) -> str:
 
 def format_table(report: ValidationReport) -> str:
     """The pass/fail table printed by ``hil validate`` (fixed-width text)."""
-    head = f"{'statistic':<20} {'value':>10} {'threshold':>10} {'margin':>8} {'allow':>8}  status  reference -> candidate"
+    head = (f"{'statistic':<20} {'value':>10} {'threshold':>10} {'margin':>8} {'allow':>8} {'dof':>6}  "
+            "status  reference -> candidate")
     lines = [head, "-" * len(head)]
     for s in report.statistics:
         ref = f"{_fmt(s.reference)} -> {_fmt(s.candidate)}" if s.reference is not None else ""
+        status = "INSUFF" if s.status == "insufficient" else s.status.upper()
         lines.append(
             f"{s.name:<20} {_fmt(s.value):>10} {_fmt(s.threshold):>10} {_fmt(s.margin, 3):>8} "
-            f"{_fmt(s.allowance, 3):>8}  {s.status.upper():<6}  {ref}"
+            f"{_fmt(s.allowance, 3):>8} {_fmt(s.dof, 3):>6}  {status:<6}  {ref}"
         )
-    verdict = "PASS" if report.passed else "FAIL"
     lines.append("-" * len(head))
-    lines.append(
-        f"verdict: {verdict}  ({report.n_evaluated - report.n_failed}/{report.n_evaluated} evaluated "
-        f"statistics pass, {len(report.statistics) - report.n_evaluated} n/a)"
-    )
+    lines.append(verdict_line(report))
     return "\n".join(lines)
 
 
@@ -118,34 +167,38 @@ def markdown(report: ValidationReport) -> str:
     out = [
         "# Validation report",
         "",
-        f"**Verdict: {'PASS' if report.passed else 'FAIL'}** "
+        f"**Verdict: {VERDICT_TEXT[report.verdict]}** "
         f"({report.n_evaluated - report.n_failed} of {report.n_evaluated} evaluated statistics pass"
         + (f"; failed: {', '.join(report.failed())}" if report.failed() else "")
+        + (f"; not judged for insufficient replication: {', '.join(report.insufficient())}"
+           if report.insufficient() else "")
         + ")",
         "",
-        "| file | source | devices | device-cycles | up pulses | down pulses | reads | resampled by |",
+        "| file | source | devices | device-cycles | up pulses | down pulses | reads | replication units |",
         "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for label, f in (("reference", r), ("candidate", c)):
         out.append(
             f"| {label} | `{f.source}` | {f.devices} | {f.blocks} | {f.up_pulses} | {f.down_pulses} "
-            f"| {f.reads} | {f.resampled_by} |"
+            f"| {f.reads} | {f.units} {f.resampled_by}{'s' if f.units != 1 else ''} ({f.resampling}) |"
         )
     out += [
         "",
         f"Values are in units of the reference's conductance range R = {report.conductance_range_s:.4g} S "
         f"(mean trajectory from {report.conductance_offset_s:.4g} S) unless a unit says otherwise. "
-        "A statistic passes when value <= threshold = margin + allowance (the allowance is the "
-        "sampling error of the comparison: z bootstrap standard errors, or the permutation-null "
-        "quantile for KS).",
+        "A statistic passes when value <= threshold = margin + allowance. The allowance is the "
+        "sampling error of the comparison, estimated from the replication units of each file (devices, "
+        "else cycles; never single steps): the Student-t quantile for its degrees of freedom (dof) times "
+        "the standard error, or the permutation-null quantile of whole units for KS. 'insufficient': "
+        "the statistic is computed, but a file holds one unit, so its sampling error cannot be estimated.",
         "",
-        "| statistic | value | threshold | margin | allowance | status | reference | candidate | unit | note |",
-        "|---|---:|---:|---:|---:|---|---:|---:|---|---|",
+        "| statistic | value | threshold | margin | allowance | dof | status | reference | candidate | unit | note |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|---|---|",
     ]
     for s in report.statistics:
         out.append(
             f"| {s.name} | {_fmt(s.value)} | {_fmt(s.threshold)} | {_fmt(s.margin, 3)} | {_fmt(s.allowance, 3)} "
-            f"| {s.status} | {_fmt(s.reference)} | {_fmt(s.candidate)} | {s.unit} | {s.note} |"
+            f"| {_fmt(s.dof, 3)} | {s.status} | {_fmt(s.reference)} | {_fmt(s.candidate)} | {s.unit} | {s.note} |"
         )
     if report.warnings:
         out += ["", "## Warnings", ""] + [f"- {w}" for w in report.warnings]
@@ -178,14 +231,13 @@ def write_figures(comp: Comparison, folder: str | os.PathLike[str]) -> list[str]
     # trajectories
     fig, ax = plt.subplots(figsize=(8, 3.6))
     x = np.arange(len(ax_.keys))
-    for label, pt, bs in (
-        ("reference", comp.ref_point, comp.ref_boot),
-        ("candidate", comp.cand_point, comp.cand_boot),
-    ):
+    for label, pt in (("reference", comp.ref_point), ("candidate", comp.cand_point)):
         m = g(pt.traj[0]) * 1e6
-        se = np.nanstd(bs.traj, axis=0, ddof=1) * ax_.scale * 1e6
         ax.plot(x, m, color=colors[label], label=f"{label} (mean)")
-        ax.fill_between(x, m - 2 * se, m + 2 * se, color=colors[label], alpha=0.25, lw=0)
+        se = comp.standard_error(label, "traj")
+        if se is not None:
+            se = se * ax_.scale * 1e6
+            ax.fill_between(x, m - 2 * se, m + 2 * se, color=colors[label], alpha=0.25, lw=0)
     ax.set_xlabel("position in the cycle (pulse rows, common to both files)")
     ax.set_ylabel("conductance (uS)")
     ax.set_title(f"mean trajectory, nrmse {_fmt(comp.report.statistic('trajectory_nrmse').value, 3)}")
@@ -198,17 +250,14 @@ def write_figures(comp: Comparison, folder: str | os.PathLike[str]) -> list[str]
     # step vs state
     fig, axes = plt.subplots(2, 2, figsize=(9, 6), sharex=True)
     for d, dname in enumerate(("up", "down")):
-        for label, pt, bs in (
-            ("reference", comp.ref_point, comp.ref_boot),
-            ("candidate", comp.cand_point, comp.cand_boot),
-        ):
+        for label, pt in (("reference", comp.ref_point), ("candidate", comp.cand_point)):
             ok = pt.count[0, d] >= comp.report.thresholds.min_bin_steps
             xs = g(pt.state[0, d, ok]) * 1e6
-            spread, spread_boot = getattr(pt, comp.spread_curve), getattr(bs, comp.spread_curve)
-            for row, curve, boot in ((0, pt.mean, bs.mean), (1, spread, spread_boot)):
-                y = curve[0, d, ok] * ax_.scale * 1e6
-                se = np.nanstd(boot[:, d, ok], axis=0, ddof=1) * ax_.scale * 1e6
-                axes[row, d].errorbar(xs, y, yerr=2 * se, color=colors[label], marker="o", ms=3,
+            for row, field in ((0, "mean"), (1, comp.spread_curve)):
+                y = getattr(pt, field)[0, d, ok] * ax_.scale * 1e6
+                se = comp.standard_error(label, field)
+                yerr = None if se is None else 2 * se[d, ok] * ax_.scale * 1e6
+                axes[row, d].errorbar(xs, y, yerr=yerr, color=colors[label], marker="o", ms=3,
                                       capsize=2, label=label)
         axes[0, d].set_title(f"{dname} pulses")
         axes[0, d].set_ylabel("mean step (uS)")

@@ -3,6 +3,11 @@
 ``halves``: the earlier and the later cycles (runs) of the device, in time order;
 ``interleaved``: even and odd cycles, so that both halves span the same period
 (and share the slow drift and any run-to-run change of conditions).
+
+An earlier/later split tests "the same device under the same protocol, later"
+only when the runs repeat one protocol: :func:`run_protocols` gives every run's
+pulse program (pulse width and the applied amplitude of every pulse) and
+:func:`same_setting_groups` finds the runs of one device that share it.
 """
 
 from __future__ import annotations
@@ -84,3 +89,33 @@ def same_setting_groups(settings: dict[tuple[str, int], tuple], min_runs: int = 
     for (d, c), key in settings.items():
         groups.setdefault((d, key), []).append(c)
     return [(d, key, sorted(cs)) for (d, key), cs in groups.items() if len(cs) >= min_runs]
+
+
+def run_protocols(loaded: Any, digits: int = 3) -> dict[tuple[str, int], tuple]:
+    """Per (device, cycle) the run's pulse program: ``(width_s, ((polarity, amplitude_v), ...))``.
+
+    ``loaded`` is a :class:`hil.calibration.measurements.MeasurementSet` with the optional
+    columns ``width_s`` and ``amplitude_v`` (``wgfmu-summary`` importer).  Two runs repeat
+    one protocol when they apply the same pulses in the same order: equal keys
+    (width and amplitudes rounded to ``digits`` significant digits).
+    """
+    dev = np.asarray(loaded.device, dtype=object)
+    cyc = np.asarray(loaded.cycle, dtype=np.int64)
+    pol = np.asarray(loaded.polarity, dtype=np.int64)
+    width = np.asarray(loaded.optional["width_s"], dtype=np.float64)
+    amp = np.asarray(loaded.optional["amplitude_v"], dtype=np.float64)
+
+    def r(x: float) -> float:
+        return float(f"{x:.{digits}g}") if np.isfinite(x) else float("nan")
+
+    out: dict[tuple[str, int], tuple] = {}
+    for d in dict.fromkeys(dev.tolist()):
+        for c in np.unique(cyc[dev == d]):
+            s = np.flatnonzero((dev == d) & (cyc == c))
+            s = s[pol[s] != 0]
+            w = width[s][np.isfinite(width[s])]
+            out[(str(d), int(c))] = (
+                r(float(np.median(w))) if w.size else float("nan"),
+                tuple((int(p), r(float(a))) for p, a in zip(pol[s], amp[s], strict=True)),
+            )
+    return out

@@ -27,7 +27,7 @@ import scipy.sparse as sp
 
 from hil.validation.measurements import Measurements, UnusableInputError
 
-Level = Literal["device", "block", "row"]
+Level = Literal["device", "block", "none"]
 DIRECTIONS = ("up", "down")  # direction 0: polarity +1, direction 1: polarity -1
 # sums per (device, direction, state bin): n, sum s, sum s^2, sum u, sum u^2, sum u s
 # (s: step, u: state before the pulse, both in units of the reference range)
@@ -142,16 +142,20 @@ def prepare(meas: Measurements) -> Prepared:
 
 
 def choose_level(prep: Prepared, min_units: int) -> Level:
-    """Resampling unit of a file: devices if it has ``min_units`` of them, else cycles, else rows.
+    """Replication unit of a file: devices if it has ``min_units`` of them, else cycles, else none.
 
-    Resampling at the highest level with enough units keeps the correlation of
-    steps within a device (d2d) and within a cycle in the error estimate.
+    Devices are the top of the hierarchy (device -> cycle -> step): resampling them
+    keeps the device-to-device spread and every cycle's shared trajectory in the
+    error estimate.  With fewer devices the (device, cycle) blocks are the units:
+    the error is then that of *these* devices' cycles.  A file of one cycle of
+    one device has a single unit (``"none"``): its run-to-run variability cannot
+    be estimated, and steps inside one cycle are not independent units.
     """
     if prep.n_dev >= min_units:
         return "device"
-    if prep.n_blocks >= min_units:
+    if prep.n_blocks >= 2:
         return "block"
-    return "row"
+    return "none"
 
 
 def unit_index(prep: Prepared, level: Level) -> tuple[np.ndarray, np.ndarray]:
@@ -160,7 +164,7 @@ def unit_index(prep: Prepared, level: Level) -> tuple[np.ndarray, np.ndarray]:
         return prep.dev_idx, np.arange(prep.n_dev)
     if level == "block":
         return prep.block_idx, prep.block_dev
-    return np.arange(prep.n_rows), prep.dev_idx
+    return np.zeros(prep.n_rows, dtype=np.int64), prep.block_dev[:1]
 
 
 @dataclass
@@ -302,9 +306,12 @@ def _weighted_cv(values: np.ndarray, noise_var: np.ndarray, weights: np.ndarray)
 
 
 def symmetry_from_curves(
-    mean: np.ndarray, state: np.ndarray, count: np.ndarray, min_count: int
+    mean: np.ndarray, state: np.ndarray, count: np.ndarray, min_count: int, allowed: np.ndarray | None = None
 ) -> tuple[float, float]:
     """Symmetry point and mean |step| there from binned curves ``[2, nb]`` of one replicate.
+
+    Bins with at least ``min_count`` steps of each direction are used, among the
+    ``allowed`` ones (``[nb]`` bool; None: all).
 
     The symmetry point is where the mean up step and the mean down step cancel
     (net = up + down changes sign from + to - with rising state), interpolated
@@ -314,6 +321,8 @@ def symmetry_from_curves(
     ``(nan, step)`` with only one such bin.
     """
     ok = (count[0] >= min_count) & (count[1] >= min_count)
+    if allowed is not None:
+        ok &= allowed
     if not ok.any():
         return float("nan"), float("nan")
     up, dn = mean[0, ok], mean[1, ok]
@@ -342,8 +351,14 @@ def symmetry_from_curves(
     return float(x[i] + t * (x[i + 1] - x[i])), float(mag[i] + t * (mag[i + 1] - mag[i]))
 
 
-def derive(feat: Features, weights: np.ndarray, min_count: int) -> FileStats:
-    """Statistics for unit weights ``[B, n_units]`` (ones: the data as measured)."""
+def derive(
+    feat: Features, weights: np.ndarray, min_count: int, allowed: np.ndarray | None = None
+) -> FileStats:
+    """Statistics for unit weights ``[B, n_units]`` (ones: the data as measured).
+
+    ``min_count`` and ``allowed`` (``[nb]`` bool) select the bins of the symmetry point
+    (see :func:`symmetry_from_curves`).
+    """
     w = np.atleast_2d(np.asarray(weights, dtype=float))
     bsz = w.shape[0]
     x = np.asarray((feat.matrix.T @ w.T).T)  # [B, F]
@@ -405,7 +420,7 @@ def derive(feat: Features, weights: np.ndarray, min_count: int) -> FileStats:
     sym = np.full(bsz, np.nan)
     mag = np.full(bsz, np.nan)
     for i in range(bsz):
-        sym[i], mag[i] = symmetry_from_curves(mean[i], state[i], count[i], min_count)
+        sym[i], mag[i] = symmetry_from_curves(mean[i], state[i], count[i], min_count, allowed)
     n_states = _div(rng, mag)
     return FileStats(
         traj=traj,
@@ -424,19 +439,69 @@ def derive(feat: Features, weights: np.ndarray, min_count: int) -> FileStats:
     )
 
 
-def bootstrap(feat: Features, n_boot: int, rng: np.random.Generator, min_count: int, chunk: int = 25) -> FileStats:
+def bootstrap(
+    feat: Features, n_boot: int, rng: np.random.Generator, min_count: int, chunk: int = 25,
+    allowed: np.ndarray | None = None,
+) -> FileStats:
     """``n_boot`` replicates of :func:`derive` with multinomial unit weights (computed in chunks)."""
     parts: list[FileStats] = []
     left = n_boot
     while left > 0:
         b = min(chunk, left)
         w = rng.multinomial(feat.n_units, np.full(feat.n_units, 1.0 / feat.n_units), size=b)
-        parts.append(derive(feat, w.astype(float), min_count))
+        parts.append(derive(feat, w.astype(float), min_count, allowed))
         left -= b
     return FileStats(**{
         name: np.concatenate([getattr(p, name) for p in parts], axis=0)
         for name in FileStats.__dataclass_fields__
     })
+
+
+@dataclass
+class Replicates:
+    """Resampling replicates of one file's statistics and how to turn them into a variance.
+
+    The variance of a statistic is ``var_scale`` times the sample variance (``ddof=1``)
+    of its replicate values; ``dof = n_units - 1`` is the degrees of freedom of that
+    estimate (the number of independent units, not of steps).
+    """
+
+    stats: FileStats | None  # [B] replicates; None with a single unit
+    method: Literal["bootstrap", "jackknife", "none"]
+    n_units: int
+    var_scale: float
+
+    @property
+    def dof(self) -> int:
+        return max(self.n_units - 1, 0)
+
+
+def replicates(
+    feat: Features, n_boot: int, rng: np.random.Generator, min_count: int, min_units: int,
+    allowed: np.ndarray | None = None,
+) -> Replicates:
+    """Replicates of a file's statistics over its replication units.
+
+    - ``n_units >= min_units``: ``n_boot`` bootstrap replicates; the bootstrap variance
+      of a mean over G units is ``(G - 1) / G`` of the unbiased one, hence
+      ``var_scale = G / (G - 1)``;
+    - ``2 <= n_units < min_units``: the delete-one-unit jackknife (G replicates, each
+      without one unit; ``var_scale = (G - 1)^2 / G``), because a bootstrap over 2-4
+      units has only a handful of distinct replicates;
+    - one unit: no replicates (``method "none"``): the sampling error cannot be estimated.
+
+    The symmetry point of a replicate uses the bins ``allowed`` (those the data as
+    measured use) that hold at least ``min_count`` of its steps: the bin selection is
+    the estimator's, made once on the data, so that a replicate with fewer steps
+    (a jackknife without one cycle) does not lose a bin the estimate uses.
+    """
+    g = feat.n_units
+    if g < 2:
+        return Replicates(None, "none", g, float("nan"))
+    if g >= min_units:
+        return Replicates(bootstrap(feat, n_boot, rng, min_count, allowed=allowed), "bootstrap", g, g / (g - 1.0))
+    w = np.ones((g, g)) - np.eye(g)
+    return Replicates(derive(feat, w, min_count, allowed), "jackknife", g, (g - 1.0) ** 2 / g)
 
 
 def ks_null(values: np.ndarray, units: np.ndarray, is_a_unit: np.ndarray, grid: int = 512) -> np.ndarray:

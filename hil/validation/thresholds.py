@@ -6,12 +6,17 @@ A statistic passes when its value is at most ``margin + allowance``:
   a property of the use (training with TTv2, MVM inference), fixed here and
   documented with its reason in :data:`THRESHOLD_REASONS` and docs/validation.md;
 - the **allowance** is the sampling error of the comparison itself, measured on
-  the two files (``z`` bootstrap standard errors of the difference, or the
-  99th percentile of a permutation null for the Kolmogorov-Smirnov
-  statistic): a difference that two samples of one population show by chance
-  is not evidence against the simulator.  It shrinks as more cycles and devices
-  are measured, so that a large measurement resolves small differences and a
-  small one says honestly that it cannot.
+  the two files from their **replication units** (devices, else cycles: never
+  single steps, which share their cycle's trajectory and run-to-run conditions):
+  the Student-t quantile at the false-failure rate of ``z`` normal standard
+  errors, for the degrees of freedom the units give, times the standard error of
+  the difference; or the 99th percentile of a null that permutes whole units, for
+  the Kolmogorov-Smirnov statistic.  A difference that two samples of one
+  population show by chance is not evidence against the simulator.  It shrinks
+  as more cycles and devices are measured, so that a large measurement resolves
+  small differences and a small one says honestly that it cannot; a file with a
+  single unit (one cycle of one device) cannot estimate it at all, and the
+  statistics are then *insufficient*, not passed.
 
 Margins were chosen from the use and from the detection target (a 20 % change of
 cycle-to-cycle noise or of the up/down asymmetry must fail with the default
@@ -74,9 +79,20 @@ THRESHOLD_REASONS: dict[str, str] = {
         "3 standard errors: about 0.3 % false failures per statistic under Gaussian sampling, "
         "so that with ~13 statistics identical models pass in at least 19 of 20 comparisons."
     ),
+    "small_sample": (
+        "Student-t quantile (at the same 0.27 % two-sided rate) for the degrees of freedom of the "
+        "replication units, Welch-Satterthwaite for the two files: a standard error estimated from G "
+        "units is itself uncertain, and z = 3 with few units fails identical models far more often "
+        "than 0.27 % (t/z is 1.005 for 256 devices per file, 1.02 for 64, 1.43 for 5 + 5 units)."
+    ),
     "ks_null_quantile": (
-        "99th percentile of the permutation null of max-over-bins D (permuting devices, or "
-        "cycles, between the files): keeps the clustering of steps within a device honest."
+        "99th percentile of the permutation null of max-over-bins D (permuting whole devices, or "
+        "cycles, between the files): steps of one unit stay together, so their dependence is kept."
+    ),
+    "min_units": (
+        "5 devices per file to resample devices (a bootstrap over fewer has too few distinct "
+        "replicates); with fewer, the cycles are the units (bootstrap from 5, delete-one jackknife "
+        "for 2-4); one cycle of one device is a single unit: insufficient replication."
     ),
 }
 
@@ -111,7 +127,12 @@ class ValidationThresholds(HilModel):
     read_noise: float = Field(
         0.15, ge=0, description="|read-noise std difference| / reference read-noise std"
     )
-    z: float = Field(3.0, ge=0, description="standard errors of sampling allowance")
+    z: float = Field(
+        3.0, ge=0, description="standard errors of sampling allowance (sets the false-failure rate per statistic)"
+    )
+    small_sample: bool = Field(
+        True, description="Student-t quantile for the replication units' degrees of freedom instead of z"
+    )
     ks_null_quantile: float = Field(0.99, gt=0, lt=1, description="quantile of the KS permutation null")
     n_bins: int = Field(8, ge=2, le=64, description="state bins over the reference conductance range")
     min_bin_steps: int = Field(
@@ -125,8 +146,8 @@ class ValidationThresholds(HilModel):
     )
     min_units: int = Field(
         5, ge=2,
-        description="devices (else cycles) a file needs to be resampled at that level; fewer: "
-        "single steps are resampled and the trajectory's sampling error is not estimated",
+        description="devices a file needs to be resampled by device (else its cycles are the units), and "
+        "units for a bootstrap (2 to min_units - 1 units: jackknife; one unit: insufficient replication)",
     )
     n_bootstrap: int = Field(200, ge=20, description="bootstrap replicates per file")
     n_permutations: int = Field(200, ge=20, description="permutations of the KS null")
