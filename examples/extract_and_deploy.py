@@ -57,17 +57,19 @@ def _study(args: argparse.Namespace, t0: float) -> None:
     print(f"\ndeployment study on {out['device']}: constant-rate TTv2, {out['epochs']} epochs, "
           f"{len(out['models'])} seeds x {out['programmings']} programmings; gap = deployed - digital average")
     print(f"{'variant':<18} {'gap mean ± std':>15} {'min':>6} {'worst seed':>10} {'rms err (eff)':>14} "
-          f"{'max err / layer':>16} {'far off':>8} {'pulses':>7} {'reads':>6} {'CPU s':>6}")
+          f"{'max err / layer':>16} {'far off':>8} {'1 layer':>13} {'pulses':>7} {'reads':>6} {'CPU s':>6}")
     for name, row in out["variants"].items():
         g = row["gap"]
         rms = f"{row['rms_error'][0]:.4f}-{row['rms_error'][1]:.4f}" if row["rms_error"] else "-"
         mx = "/".join(f"{x:.3f}" for x in row["layer_max_error"]) if row["layer_max_error"] else "-"
         far = "/".join(str(x) for x in row["far_off"]) if row["far_off"] else "-"
+        one = "/".join(f"{100 * x:+.2f}" for x in row["layer_only_worst_gap"]) if row["layer_only_worst_gap"] else "-"
         print(f"{name:<18} {100 * g['mean']:+7.2f} ± {100 * g['std']:4.2f} {100 * g['min']:+6.2f} "
-              f"{100 * min(row['seed_gaps']):+10.2f} {rms:>14} {mx:>16} {far:>8} {row['pulses'] / 1000:6.0f}k "
+              f"{100 * min(row['seed_gaps']):+10.2f} {rms:>14} {mx:>16} {far:>8} {one:>13} {row['pulses'] / 1000:6.0f}k "
               f"{row['reads'] / 1000:5.1f}k {row['cpu_seconds']:6.1f}")
     print("max err / layer: largest |read - target| per layer over all runs (effective weight units); far off: "
-          "weights more than 0.1 off target in the arrays' units, summed over all runs, per layer")
+          "weights more than 0.1 off target in the arrays' units, summed over all runs, per layer; 1 layer: worst "
+          "gap of the digital model with only that layer's programmed weights (read back), per layer")
     for name, row in out["variants"].items():
         print(f"  {name}: {row['description']}")
     print(f"total {time.perf_counter() - t0:.0f} s")

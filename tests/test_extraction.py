@@ -454,6 +454,26 @@ def test_set_exact_writes_the_pair_targets():
         assert float((analog(x) - net(x)).abs().max()) < 1e-4
 
 
+def test_layer_only_accuracy_points_at_the_damaged_layer():
+    from hil.extraction.study import layer_only_accuracy, set_exact
+
+    torch.manual_seed(0)
+    net = digits_network("mlp")
+    factory = simulated_factory("ideal", PeripheryConfig.ideal(), seed=0)
+    analog, _ = deploy(net, factory, pair=True, mapping="column", max_iter=0)
+    set_exact(analog, net)
+    x = torch.rand(200, 64)
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    assert layer_only_accuracy(analog, net, x, y) == [1.0, 1.0]
+    base = analog[2].analog.backend.base
+    w = base.true_weights()
+    w[:, :32] = -w[:, :32]  # layer 2's G+ mirrored: its weights far off
+    base.set_weights(w)
+    acc = layer_only_accuracy(analog, net, x, y)
+    assert acc[0] == 1.0 and acc[1] < 0.9
+
+
 @pytest.mark.slow
 def test_extraction_demo_one_seed_averaging_helps():
     from hil.extraction import run_extraction_seed

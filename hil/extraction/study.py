@@ -47,6 +47,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
                {"pair": True, "mapping": "layer", "verify": WriteVerifyConfig(tol=0.02, n_reads=64, max_iter=100)}),
     "freeze_tol01": ("layer mapping, freeze rule, tol 0.01, 128 reads, 150 rounds",
                      {"pair": True, "mapping": "layer", "verify": DEPLOY_VERIFY}),
+    "column_tol02": ("per-column mapping (row max at 0.9 of the range), freeze rule, tol 0.02, 64 reads, 100 rounds",
+                     {**DEPLOY_SETTINGS, "verify": WriteVerifyConfig(tol=0.02, n_reads=64, max_iter=100)}),
     "chosen": ("per-column mapping (row max at 0.9 of the range), freeze rule, tol 0.01, 128 reads, 150 rounds",
                dict(DEPLOY_SETTINGS)),
     "chosen_calibrated": ("chosen + per-column affine calibration (512 training inputs, 16 MVMs each)",
@@ -75,6 +77,29 @@ def set_exact(model: nn.Module, extracted: nn.Module) -> None:
             backend.set_weights(t)  # type: ignore[attr-defined]
 
 
+@torch.no_grad()
+def layer_only_accuracy(model: nn.Module, extracted: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                        precision: float = 0.005) -> list[float]:
+    """Which layer costs the accuracy: per deployed layer, the test accuracy of ``extracted``
+    (digital) with only that layer's weights replaced by the programmed ones, read back to
+    ``precision`` (``read_precise``; times the column gains).  Hardware-compatible (reads only)."""
+    import copy
+
+    from hil.extraction.export import read_precise
+    from hil.training.loop import evaluate
+
+    out = []
+    for name, mod in model.named_modules():
+        if not isinstance(mod, ColumnPeriphery):
+            continue
+        w = read_precise(mod.analog.backend.read, precision, 1024).mean.cpu() * mod.gain[:, None].cpu()
+        twin = copy.deepcopy(extracted)
+        layer = twin.get_submodule(name) if name else twin
+        layer.weight.copy_(w.reshape(layer.weight.shape))
+        out.append(evaluate(twin, x, y))
+    return out
+
+
 def _deploy_variant(avg: nn.Module, seed: int, programming: int, kwargs: dict[str, Any], data: Any,
                     eval_passes: int) -> dict[str, Any]:
     from hil.training.digits import OUT_SCALE
@@ -94,7 +119,8 @@ def _deploy_variant(avg: nn.Module, seed: int, programming: int, kwargs: dict[st
     if exact:
         set_exact(model, avg)
     acc = sum(evaluate(model, data.x_test, data.y_test) for _ in range(eval_passes)) / eval_passes
-    return {"accuracy": acc, "rms_error": None if exact else rep.rms_error,
+    layer_only = None if exact else layer_only_accuracy(model, avg, data.x_test, data.y_test)
+    return {"accuracy": acc, "layer_only_accuracy": layer_only, "rms_error": None if exact else rep.rms_error,
             "max_error": None if exact else max(L.max_error for L in rep.layers),
             "layer_max_error": None if exact else [L.max_error for L in rep.layers],
             "layer_far_off": None if exact else [L.far_off for L in rep.layers],
@@ -114,7 +140,8 @@ def run_deployment_study(
 
     Returns ``{"models": [{"seed", "average_digital"}], "variants": {name: {"description",
     "gap": {"mean", "std", "min", "max"}, "seed_gaps": [...], "rms_error" (range over runs),
-    "max_error", "layer_max_error", "far_off" (per layer, summed over runs), "pulses",
+    "max_error", "layer_max_error", "far_off" (per layer, summed over runs),
+    "layer_only_worst_gap" (per layer, :func:`layer_only_accuracy`, worst run), "pulses",
     "reads", "cpu_seconds" (means over runs), "runs": [...]}}}``; errors in effective weight
     units except ``far_off`` (arrays' units, :data:`~hil.extraction.deploy.FAR_OFF`); gaps are deployed - digital average
     in accuracy units (paired per programming), std with ddof 1 over all (seed,
@@ -145,7 +172,9 @@ def run_deployment_study(
         for s, avg, a0 in models:
             rs = [_deploy_variant(avg, s, p, kwargs, data, eval_passes) for p in range(programmings)]
             for r in rs:
-                r.update({"seed": s, "gap": r["accuracy"] - a0})
+                r.update({"seed": s, "gap": r["accuracy"] - a0,
+                          "layer_only_gap": None if r["layer_only_accuracy"] is None
+                          else [a - a0 for a in r["layer_only_accuracy"]]})
             runs.extend(rs)
             seed_gaps.append(statistics.fmean(r["gap"] for r in rs))
         gaps = [r["gap"] for r in runs]
@@ -163,6 +192,9 @@ def run_deployment_study(
             else [sum(r["layer_far_off"][i] for r in runs) for i in range(len(runs[0]["layer_far_off"]))],
             "layer_max_error": None if runs[0]["layer_max_error"] is None
             else [max(r["layer_max_error"][i] for r in runs) for i in range(len(runs[0]["layer_max_error"]))],
+            # per layer: the worst gap of the digital model with only that layer programmed
+            "layer_only_worst_gap": None if runs[0]["layer_only_gap"] is None
+            else [min(r["layer_only_gap"][i] for r in runs) for i in range(len(runs[0]["layer_only_gap"]))],
             "pulses": statistics.fmean(r["pulses"] for r in runs),
             "reads": statistics.fmean(r["reads"] for r in runs),
             "cpu_seconds": statistics.fmean(r["cpu_seconds"] for r in runs),
