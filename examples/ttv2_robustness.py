@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
-                   help="MLP only: all algorithms at the base point, analog SGD and TTv2 along c2c")
+                   help="MLP only: all algorithms at the base point, analog SGD, TTv2 and c-TTv2 along c2c")
     p.add_argument("--json", default=None, help="write the table as JSON here")
     p.add_argument("--networks", default=None,
                    help="comma list of mlp, cnn (default: mlp with --quick, else mlp,cnn)")

@@ -138,6 +138,14 @@ def test_h_thresholding_fires_expected_pulses_3x3() -> None:
             "n2": [[1, 0, 2], [1, 1, -2], [-1, 0, 1]],
             "H2": [[0.0, -0.05, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]],
         },
+        # as decrement, then H clipped to +-0.1: what the cap kept from firing on [0, 2]
+        # (0.25, then 0.35) is dropped instead of carried
+        "clip": {
+            "n1": [[1, 0, 2], [0, 1, -2], [-1, 0, 0]],
+            "H1": [[0.025, -0.025, 0.1], [0.065, 0.075, -0.025], [-0.005, 0.0, 0.095]],
+            "n2": [[1, 0, 2], [1, 2, -2], [-1, 0, 1]],
+            "H2": [[0.05, -0.05, 0.1], [0.03, 0.05, -0.05], [-0.01, 0.0, 0.09]],
+        },
     }
     for mode, exp in expected.items():
         model = AnalogLinear(3, 3, bias=False)
@@ -165,6 +173,46 @@ def test_h_thresholding_fires_expected_pulses_3x3() -> None:
         total = torch.tensor(exp["n1"]) + torch.tensor(exp["n2"])
         assert torch.allclose(c.w, total.double() * 0.1, atol=1e-12)
         assert torch.equal(arrays["A"].w, a_content + st.R.double())  # A is never reset
+
+
+def test_granularity_units_follow_each_array_info() -> None:
+    """lambda_A in pulses, the pulse cap in normalized weight and the chopper probability per
+    A state are converted with each array's ``info`` (dw_min, w_min, w_max): on a 20-state
+    and a 1000-state array the same config fires the same pulses on A per unit gradient, caps
+    C at the same weight change per transfer, and flips the chopper 50x less often on the
+    finer A."""
+    cfg = TrainingConfig(
+        algorithm="cttv2", lambda_A=80.0, lambda_A_unit="pulses", max_pulses=None, max_step=0.2,
+        in_chop_prob=0.1, in_chop_states=20, init_scale=0.0, zero_shift_cycles=1,
+    )
+    for states, rate, cap, prob in ((20, 8.0, 2, 0.1), (1000, 0.16, 100, 0.002)):
+        arrays: dict[str, NumericCrossbar] = {}
+
+        def factory(
+            rows: int, cols: int, role: str, dw: float = 2.0 / states, arrays: dict = arrays
+        ) -> NumericCrossbar:
+            arrays[role] = NumericCrossbar(rows, cols, dw=dw)
+            return arrays[role]
+
+        model = AnalogLinear(2, 1, bias=False)
+        ctl = TrainingController(model, cfg, factory)
+        st = ctl.layers[0]
+        assert st.rate_A == pytest.approx(rate) and st.max_n == cap and st.chop_prob == pytest.approx(prob)
+        ctl.prepare()
+        a0, c0 = arrays["A"].w.clone(), float(st.chop[0])  # the step's transfer may flip it
+        ctl.zero_grad()
+        model(torch.tensor([[0.01, 0.0]])).sum().backward()  # d = 1: gradient x d = 0.01
+        ctl.step()
+        moved = (arrays["A"].w - a0)[0, 0] * c0
+        assert float(moved) == pytest.approx(-0.01 * rate)  # = -0.8 pulses of A's step
+        # a huge H fires at most the cap: 0.2 of normalized weight on both arrays
+        st.H.fill_(1e3)
+        fired = ctl.transfer(0, [0])
+        assert int(fired.abs().max()) == cap
+    # weight units: the rate is lambda_A itself; analog SGD refuses the pulse unit
+    assert TrainingConfig(lambda_A=0.3).lambda_A_unit == "weight"
+    with pytest.raises(ValueError, match="lambda_A_unit"):
+        TrainingConfig(algorithm="analog_sgd", lambda_A_unit="pulses")
 
 
 def test_cttv2_cancels_reference_offset_that_ttv2_does_not() -> None:
@@ -364,3 +412,28 @@ def test_robustness_report_format_base_point(monkeypatch: pytest.MonkeyPatch) ->
         assert {k: r[k] for k in BASE} == BASE
         assert 0.0 <= r["accuracy_mean"] <= 1.0 and r["accuracy_std"] == 0.0
     assert len(rep["meta"]["runs"]) == 1 + len(ALGORITHMS)
+
+
+def test_train_digits_role_device_gives_one_array_other_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The per-role diagnostic of docs/training.md: ``role_device`` changes one role's device
+    and leaves the other on the axis point; a role the algorithm does not have is refused."""
+    import hil.training.digits as digits
+    from hil.datasets import Split, load_digits_split
+
+    d = load_digits_split()
+    monkeypatch.setattr(digits, "load_digits_split", lambda: Split(d.x_train[:60], d.y_train[:60], d.x_test[:30], d.y_test[:30]))
+    seen: list = []
+    real = digits.simulated_factory
+
+    def recording(device, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(device)
+        return real(device, *args, **kwargs)
+
+    monkeypatch.setattr(digits, "simulated_factory", recording)
+    r = digits.train_digits("ttv2", epochs=1, states=50, c2c=2.0, role_device={"A": {"c2c": 0.0}})
+    assert 0.0 <= r.test_accuracy <= 1.0
+    dev = seen[-1]
+    assert dev["A"].variation.c2c == 0.0 and dev["C"].variation.c2c == 2.0
+    assert dev["A"].step.dw_up == dev["C"].step.dw_up == pytest.approx(2.0 / 50)
+    with pytest.raises(ValueError, match="roles"):
+        digits.train_digits("ttv2", epochs=1, role_device={"W": {"c2c": 0.0}})

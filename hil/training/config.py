@@ -40,8 +40,16 @@ class TrainingConfig(HilModel):
     lambda_A: float = Field(
         0.1,
         gt=0,
-        description="rate of the pulsed gradient update of A, A.update(x, d, lambda_A) "
-        "[normalized weight per unit gradient]",
+        description="rate of the pulsed gradient update of A, A.update(x, d, rate); in the unit "
+        "set by lambda_A_unit [normalized weight per unit gradient, or dw_min(A) per unit "
+        "gradient]",
+    )
+    lambda_A_unit: Literal["weight", "pulses"] = Field(
+        "weight",
+        description="unit of lambda_A: 'weight': normalized weight per unit gradient (rate = "
+        "lambda_A); 'pulses': dw_min(A) per unit gradient, the mean number of pulses a unit "
+        "gradient fires on a device of A (rate = lambda_A * dw_min(A)), so A gets the same "
+        "pulse counts, and meets the same bit-length limit, on a device of any granularity",
     )
     # --- transfer A -> C (tt, ttv2, cttv2) ---------------------------------------------------
     n_s: int = Field(
@@ -65,13 +73,24 @@ class TrainingConfig(HilModel):
         gt=0,
         description="ttv2/cttv2: |H| that fires one pulse on C [units of C's dw_min]",
     )
-    max_pulses: int = Field(
-        1, ge=1, description="ttv2/cttv2: most pulses one device of C gets per transfer [pulses]"
+    max_pulses: int | None = Field(
+        1,
+        ge=1,
+        description="ttv2/cttv2: most pulses one device of C gets per transfer [pulses]; None: "
+        "no cap in pulses (see max_step)",
     )
-    h_reset: Literal["zero", "decrement"] = Field(
+    max_step: float | None = Field(
+        None,
+        gt=0,
+        description="ttv2/cttv2: most change of one device of C per transfer [normalized "
+        "weight]; converted to a pulse cap max(1, floor(max_step / dw_min(C))) (the smaller of "
+        "it and max_pulses applies); None: only max_pulses",
+    )
+    h_reset: Literal["zero", "decrement", "clip"] = Field(
         "decrement",
-        description="ttv2/cttv2: after firing n pulses, H is set to 0 (zero) or reduced by "
-        "n * threshold (decrement)",
+        description="ttv2/cttv2: after firing n pulses, H is set to 0 (zero), reduced by "
+        "n * threshold (decrement), or reduced and then clipped to +-threshold (clip: what a "
+        "pulse cap kept from firing is dropped, so H cannot wind up)",
     )
     gamma: float = Field(
         0.0,
@@ -89,7 +108,15 @@ class TrainingConfig(HilModel):
         ge=0,
         le=1,
         description="cttv2: probability that an input line's chopper sign flips after its "
-        "column is read [probability]",
+        "column is read [probability per read]; see in_chop_states",
+    )
+    in_chop_states: float | None = Field(
+        None,
+        gt=0,
+        description="cttv2: if set, in_chop_prob is the flip probability for an A of this many "
+        "states, and an A of (w_max - w_min) / dw_min states uses in_chop_prob * in_chop_states "
+        "* dw_min / (w_max - w_min) (at most 1) [states]: with lambda_A in pulses, A's memory, "
+        "in reads, grows with its number of states, and the chopper period must stay longer",
     )
     # --- schedule ----------------------------------------------------------------------------
     schedule: Literal["constant", "linear", "cosine"] = Field(
@@ -144,6 +171,11 @@ class TrainingConfig(HilModel):
     def _consistent(self) -> TrainingConfig:
         if self.algorithm == "analog_sgd" and self.gamma != 0.0:
             raise ValueError("gamma applies to the Tiki-Taka family; analog_sgd has one array")
+        if self.algorithm == "analog_sgd" and self.lambda_A_unit != "weight":
+            raise ValueError(
+                "lambda_A_unit applies to the Tiki-Taka family; analog_sgd's rate is lr "
+                "(normalized weight per unit gradient)"
+            )
         return self
 
     @property

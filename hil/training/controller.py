@@ -21,19 +21,26 @@ So a driver-backed array replaces a simulated one without a change here.
 Per layer and algorithm (``x``: inputs ``[n, cols]``, ``d``: output errors ``[n, rows]``):
 
 - ``analog_sgd``: ``W.update(x, d, lr)``.
-- ``tt``: ``A.update(x, d, lambda_A)``; every ``n_s`` samples the next
+- ``tt``: ``A.update(x, d, rate_A)``; every ``n_s`` samples the next
   ``transfer_columns`` columns ``k`` are read, ``z = A.forward(e_k) - R e_k``,
   and written by a pulsed update ``C.update(e_k, -z, transfer_lr)``.  The network
-  uses ``gamma * A + C``.
+  uses ``gamma * A + C``.  ``rate_A`` is ``lambda_A`` (``lambda_A_unit="weight"``)
+  or ``lambda_A * dw_min(A)`` (``"pulses"``).
 - ``ttv2``: as ``tt`` up to the read; then ``H[:, k] += lambda_H * z`` (no decay);
   where ``|H| >= threshold * dw_min(C)``, ``n = trunc(H / (threshold dw_min))``
-  clipped to ``max_pulses`` fires as signed pulses on C (``C.pulse``) and H is
-  set to 0 (``h_reset="zero"``) or reduced by ``n * threshold * dw_min``
-  (``"decrement"``).  A is never reset.  The network uses ``gamma * A + C``
-  (``gamma = 0``: only C).
+  clipped to the pulse cap (``max_pulses``, and ``floor(max_step / dw_min(C))``)
+  fires as signed pulses on C (``C.pulse``) and H is set to 0 (``h_reset="zero"``),
+  reduced by ``n * threshold * dw_min`` (``"decrement"``), or reduced and clipped to
+  ``+-threshold * dw_min`` (``"clip"``).  A is never reset.  The network uses
+  ``gamma * A + C`` (``gamma = 0``: only C).
 - ``cttv2``: ``ttv2`` with a sign ``c_j = +-1`` per input line: A is updated
   with ``x * c`` and the read of column ``k`` enters H as ``c_k * z``; after
-  column ``k`` is read, ``c_k`` flips with probability ``in_chop_prob``.
+  column ``k`` is read, ``c_k`` flips with probability ``in_chop_prob`` (scaled by
+  ``in_chop_states / states(A)`` when ``in_chop_states`` is set).
+
+Everything that depends on an array's step comes from its ``info`` (``dw_min``,
+``w_min``, ``w_max``), so a setting given in pulses or normalized weight means the
+same on a device of any granularity.
 
 Before the first step (:meth:`prepare`): A is driven to its symmetry point by
 alternating up/down single pulses (zero-shifting) and ``R`` is the mean of
@@ -58,7 +65,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from hil.backend import CrossbarBackend, OperationCounts
+from hil.backend import BackendInfo, CrossbarBackend, OperationCounts
 from hil.nn.layers import AnalogLayer, analog_layers
 from hil.training.config import TrainingConfig
 
@@ -89,7 +96,10 @@ class LayerState:
     ``[rows, cols]`` is the TTv2 filter (normalized weight units), ``R``
     ``[rows, cols]`` the reference of A (its symmetry point, from reads), ``chop``
     ``[cols]`` the chopper signs (+-1), ``column`` the next column to read,
-    ``pending_samples`` the samples since the last transfer.
+    ``pending_samples`` the samples since the last transfer.  From the arrays'
+    ``info`` (fixed at construction): ``dw_C`` C's nominal step, ``rate_A`` the rate of
+    ``A.update`` (normalized weight per unit gradient), ``max_n`` the pulse cap per
+    device and transfer (None: none), ``chop_prob`` the chopper's flip probability per read.
     """
 
     name: str
@@ -102,6 +112,9 @@ class LayerState:
     pending_samples: int = 0
     transfers: int = 0
     dw_C: float = 0.0
+    rate_A: float = 0.0
+    max_n: int | None = None
+    chop_prob: float = 0.0
     eye: torch.Tensor | None = field(default=None, repr=False)
 
     @property
@@ -167,6 +180,7 @@ class TrainingController:
                 st.R = torch.zeros(layer.rows, layer.cols, device=dev)
                 st.chop = torch.ones(layer.cols, device=dev)
                 st.dw_C = float(c.info.dw_min)
+                self._granularity(st, a.info, c.info)
                 st.eye = torch.eye(layer.cols, device=dev)
                 tiles = [(c, 1.0)] + ([(a, config.gamma)] if config.gamma != 0.0 else [])
             else:
@@ -255,7 +269,7 @@ class TrainingController:
                 continue
             if cfg.chopped:
                 x = x * st.chop
-            st.arrays["A"].update(x, d, cfg.lambda_A)
+            st.arrays["A"].update(x, d, st.rate_A)
             st.pending_samples += samples
             due = st.pending_samples // cfg.n_s
             if due:
@@ -434,6 +448,20 @@ class TrainingController:
                 return st
         raise ValueError(f"no analog layer named {layer!r}; known: {[s.name for s in self.layers]}")
 
+    def _granularity(self, st: LayerState, info_a: BackendInfo, info_c: BackendInfo) -> None:
+        """The settings that depend on the arrays' step, from their ``info`` only."""
+        cfg = self.config
+        st.rate_A = cfg.lambda_A * (float(info_a.dw_min) if cfg.lambda_A_unit == "pulses" else 1.0)
+        caps = [] if cfg.max_pulses is None else [int(cfg.max_pulses)]
+        if cfg.max_step is not None:
+            caps.append(max(1, math.floor(cfg.max_step / float(info_c.dw_min) + 1e-9)))
+        st.max_n = min(caps) if caps else None
+        p = cfg.in_chop_prob
+        if cfg.in_chop_states is not None:
+            states_a = (float(info_a.w_max) - float(info_a.w_min)) / float(info_a.dw_min)
+            p = min(1.0, p * cfg.in_chop_states / states_a)
+        st.chop_prob = p
+
     def _pulse(self, backend: CrossbarBackend, counts: torch.Tensor) -> None:
         """``backend.pulse(counts)``, split into calls the backend accepts (max_pulses_per_call)."""
         key = id(backend)
@@ -512,18 +540,22 @@ class TrainingController:
                 z = z * chop
             thr = cfg.threshold * st.dw_C
             h = h_old + (cfg.lambda_H * self._rate) * z
-            n = torch.trunc(h / thr).clamp_(-cfg.max_pulses, cfg.max_pulses)
+            n = torch.trunc(h / thr)
+            if st.max_n is not None:
+                n.clamp_(-st.max_n, st.max_n)
             if cfg.h_reset == "zero":
                 h = torch.where(n != 0, torch.zeros_like(h), h)
             else:
                 h = h - n * thr
+                if cfg.h_reset == "clip":
+                    h = h.clamp(-thr, thr)
             st.H[:, sel] = h
             if bool(n.any()):
                 counts = torch.zeros(c.shape, dtype=torch.int64, device=c.device)
                 counts[:, sel] = n.to(torch.int64)
                 self._pulse(c, counts)
-        if cfg.chopped and cfg.in_chop_prob > 0:
-            flip = torch.rand(m, generator=self.generator) < cfg.in_chop_prob
+        if cfg.chopped and st.chop_prob > 0:
+            flip = torch.rand(m, generator=self.generator) < st.chop_prob
             if bool(flip.any()):
                 st.chop[sel] = chop * torch.where(flip, -1.0, 1.0).to(chop.device)
         st.transfers += 1

@@ -42,11 +42,13 @@ RECOMMENDED: dict[str, dict[str, dict[str, Any]]] = {
         "analog_sgd": {"lr": 0.2, "schedule": "cosine", "final_lr_fraction": 0.0},
         "tt": {"lambda_A": 1.0, "transfer_lr": 0.05, "n_s": 2, "transfer_columns": 2, "lr": 2.0,
                "schedule": "cosine", "final_lr_fraction": 0.0},
-        "ttv2": {"lambda_A": 8.0, "lambda_H": 0.2, "n_s": 2, "transfer_columns": 2, "threshold": 1.0,
-                 "max_pulses": 2, "lr": 2.0, "schedule": "cosine", "final_lr_fraction": 0.0},
-        "cttv2": {"lambda_A": 8.0, "lambda_H": 0.2, "n_s": 2, "transfer_columns": 2, "threshold": 1.0,
-                  "max_pulses": 2, "lr": 2.0, "schedule": "cosine", "final_lr_fraction": 0.0,
-                  "in_chop_prob": 0.1},
+        "ttv2": {"lambda_A": 80.0, "lambda_A_unit": "pulses", "lambda_H": 0.2, "n_s": 2,
+                 "transfer_columns": 2, "threshold": 1.0, "max_pulses": None, "max_step": 0.2,
+                 "zero_shift_reads": 200, "lr": 2.0, "schedule": "cosine", "final_lr_fraction": 0.0},
+        "cttv2": {"lambda_A": 80.0, "lambda_A_unit": "pulses", "lambda_H": 0.2, "n_s": 2,
+                  "transfer_columns": 2, "threshold": 1.0, "max_pulses": None, "max_step": 0.3,
+                  "zero_shift_reads": 50, "lr": 2.0, "schedule": "cosine", "final_lr_fraction": 0.0,
+                  "in_chop_prob": 0.1, "in_chop_states": 20.0},
     },
 }
 # The CNN has its own entry (tuned the same way, see docs/training.md): its convolutions
@@ -153,6 +155,18 @@ def validation_split(random_state: int = 1) -> Split:
     return Split(d.x_train[tr_t], d.y_train[tr_t], d.x_train[va_t], d.y_train[va_t])
 
 
+def validation_accuracy(
+    algorithm: str, network: Network = "mlp", seeds: tuple[int, ...] = (10, 11, 12), **kwargs: Any
+) -> tuple[float, list[float]]:
+    """Mean and per-seed accuracy on :func:`validation_split` (the tuning protocol of
+    docs/training.md): ``train_digits(algorithm, network, seed=s, split=validation_split(),
+    **kwargs)`` for each seed; ``kwargs`` are device-axis values (``states``, ``c2c``, ...)
+    and :class:`TrainingConfig` overrides."""
+    split = validation_split()
+    accs = [train_digits(algorithm, network, seed=s, split=split, **kwargs).test_accuracy for s in seeds]
+    return sum(accs) / len(accs), accs
+
+
 def _data(network: Network, split: Split | None) -> Split:
     return split if split is not None else load_digits_split()
 
@@ -220,13 +234,16 @@ def train_digits(
     checkpoint_every: int = 0,
     resume: bool = False,
     out_scale: list[float] | float | None = None,
+    role_device: dict[str, dict[str, float]] | None = None,
     **overrides: Any,
 ) -> DigitsResult:
     """Train the digits ``network`` with ``algorithm`` on simulated arrays; returns the test accuracy.
 
     ``algorithm``: ``"analog_sgd"``, ``"tt"``, ``"ttv2"``, ``"cttv2"`` or ``"fp_sgd"``
     (floating point, no arrays).  ``overrides`` replace fields of the recommended
-    :class:`TrainingConfig` (e.g. ``lambda_H=0.05``).  With ``progress`` a tqdm
+    :class:`TrainingConfig` (e.g. ``lambda_H=0.05``).  ``role_device`` (diagnostics)
+    gives one array role other :func:`digits_device` arguments, e.g.
+    ``{"A": {"c2c": 0.0}}`` for a noise-free A.  With ``progress`` a tqdm
     bar shows the steps.  Example (what ``hil demo`` runs)::
 
         from hil.training import train_digits
@@ -245,8 +262,16 @@ def train_digits(
     torch.manual_seed(seed)
     scale = OUT_SCALE[network] if out_scale is None else out_scale
     model = convert_to_analog(digits_network(network), out_scale=scale)
+    device: Any = digits_device(states, c2c, d2d)
+    if role_device:
+        roles = ("W",) if algorithm == "analog_sgd" else ("A", "C")
+        unknown = sorted(set(role_device) - set(roles))
+        if unknown:
+            raise ValueError(f"role_device: {algorithm} has arrays {list(roles)}, got roles {unknown}")
+        base = {"states": states, "c2c": c2c, "d2d": d2d}
+        device = {r: digits_device(**{**base, **role_device.get(r, {})}) for r in roles}
     factory = simulated_factory(
-        digits_device(states, c2c, d2d),
+        device,
         digits_periphery(read_noise),
         bl=cfg.bl,
         seed=1000 * seed + 17,
