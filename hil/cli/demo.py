@@ -6,7 +6,7 @@
    with the preset that generated them,
 4. runs the quick subset of the TTv2 robustness study (``examples/ttv2_robustness.py
    --quick``): the digits MLP with floating-point SGD, analog SGD, Tiki-Taka v1, TTv2 and
-   chopped TTv2 at the base point, and analog SGD and TTv2 along the c2c-noise axis
+   chopped TTv2 at the base point, and analog SGD, TTv2 and c-TTv2 along the c2c-noise axis
    (3 seeds; ``--quick``: 1 seed),
 5. extracts the TTv2 model by averaging iterates and deploys it onto a second array,
 
@@ -90,7 +90,7 @@ def demo(quick: bool, json_path: Path | None, preset: str, seed: int, threads: i
 
     click.echo(
         "== 4. TTv2 robustness study, quick subset (examples/ttv2_robustness.py --quick): digits MLP 64-32-10, "
-        "20-state soft-bounds device, c2c 1.0, d2d 0.3, read noise 0.06; c2c axis for analog SGD and TTv2"
+        "20-state soft-bounds device, c2c 1.0, d2d 0.3, read noise 0.06; c2c axis for analog SGD, TTv2 and c-TTv2"
     )
     from hil.training.robustness import BASE, run_robustness
 
