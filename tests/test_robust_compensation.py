@@ -113,3 +113,22 @@ def test_convert_to_analog_leaves_the_compensation_blocks_digital() -> None:
     analog = [n for n, m in converted.named_modules() if type(m).__name__.startswith("Analog")]
     assert analog == ["0.layer", "2.layer"]  # the blocks' A and B stay nn.Linear
     assert len(compensation_blocks(converted)) == 2
+
+
+def test_cosine_schedule_changes_the_training_and_stays_seeded() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3))
+    x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+    var = VariationConfig(sigma=0.3)
+    runs = {}
+    for sched in ("constant", "cosine", "cosine"):
+        m = add_compensation(model, [1, 1])
+        cfg = TrainCompensationConfig(steps=20, batch_size=16, n_samples=2, lr=0.05, lr_schedule=sched)
+        losses = train_compensation(m, x, y, var, cfg)
+        params = torch.cat([p.detach().flatten() for b in compensation_blocks(m) for p in b.parameters()])
+        if sched in runs:  # same seed, same result
+            torch.testing.assert_close(params, runs[sched][1])
+        runs[sched] = (losses, params)
+    # the first step is taken at the full rate either way; after it the schedules differ
+    assert runs["cosine"][0][:2] == runs["constant"][0][:2]
+    assert not torch.allclose(runs["cosine"][1], runs["constant"][1])

@@ -181,6 +181,9 @@ class TrainCompensationConfig(HilModel):
     batch_size: int = Field(128, ge=1)
     n_samples: int = Field(8, ge=1, description="chips drawn per step (fresh every step)")
     lr: float = Field(1e-2, gt=0, description="Adam learning rate")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="learning rate: constant, or cosine decay from lr to 0 over the steps"
+    )
     loss: Literal["normalized_ce", "ce"] = Field(
         "normalized_ce", description="cross-entropy of scale-normalized logits (default) or of raw logits"
     )
@@ -228,6 +231,9 @@ def train_compensation(
     gen = torch.Generator(device=x.device)
     gen.manual_seed(int(cfg.seed))
     opt = torch.optim.Adam(params, lr=cfg.lr)
+    sched = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps) if cfg.lr_schedule == "cosine" else None
+    )
     was = model.training
     model.eval()
     losses: list[float] = []
@@ -246,6 +252,8 @@ def train_compensation(
             if cfg.clip_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad_norm)
             opt.step()
+            if sched is not None:
+                sched.step()
             losses.append(float(loss.detach()))
     finally:
         for p, req in frozen:

@@ -16,7 +16,8 @@ Steps of :func:`run_correctnet` (one network, MLP or CNN):
    refined reward (blocks trained with the final recipe ``comp_train`` on the fit
    part, more validation chips of other seeds), which picks the placement.
    Baselines: no block, every layer, greedy by sensitivity, scored (both rewards)
-   for the report; every layer and greedy also start the search (``warm_start``).
+   for the report; the agent is not handed them (``warm_start=False``, the
+   default: its placement is its own).
 5. Final blocks for the RL placement, for compensation everywhere (every layer
    at ``full_rank``) and for the baselines, trained on the whole training set at
    ``sigma_star``; everything is measured on the test set with fresh chips
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -96,7 +98,7 @@ class RewardConfig(HilModel):
     budget: float = Field(0.05, gt=0, description="overhead budget, fraction of the network's parameters")
     cost_weight: float = Field(0.02, ge=0, description="reward lost per budget spent")
     over_penalty: float = Field(1.0, ge=0, description="reward lost per budget overspent")
-    n_samples: int = Field(10, ge=1, description="validation chips per placement")
+    n_samples: int = Field(30, ge=1, description="validation chips per placement")
     refine_samples: int = Field(20, ge=1, description="validation chips of the refined reward (other seeds)")
 
 
@@ -111,6 +113,7 @@ def compensation_problem(
     train: TrainCompensationConfig | None = None,
     reward: RewardConfig | None = None,
     refine_train: TrainCompensationConfig | None = None,
+    accuracies: dict[tuple[str, tuple[int, ...]], float] | None = None,
 ) -> tuple[PlacementProblem, Callable[[Sequence[int]], list[int | None]], dict[tuple[int, ...], dict[str, float]]]:
     """The placement problem of compensating ``model`` (frozen) at ``variation``.
 
@@ -121,6 +124,10 @@ def compensation_problem(
     formula after training the blocks with this (longer, final) recipe, on
     ``reward.refine_samples`` validation chips of other seeds; it adds
     ``"refined_reward"`` and ``"refined_accuracy"`` to the cache entry.
+    ``accuracies``: a memo ``("cheap" | "refined", actions) -> validation accuracy`` that
+    several problems on the same model, data and recipes share (e.g. the same network at
+    several budgets: the accuracy of a placement does not depend on the budget); it is
+    read before training and filled after.
     """
     comp = comp or CompensationConfig()
     train = train or TrainCompensationConfig()
@@ -142,14 +149,22 @@ def compensation_problem(
 
     cache: dict[tuple[int, ...], dict[str, float]] = {}
 
-    def measure(key: tuple[int, ...], tcfg: TrainCompensationConfig, n: int, seed: int) -> tuple[float, float]:
-        placed = to_ranks(key)
-        if all(r is None for r in placed):
-            m = model
+    memo = accuracies if accuracies is not None else {}
+
+    def measure(
+        key: tuple[int, ...], fidelity: str, tcfg: TrainCompensationConfig, n: int, seed: int
+    ) -> tuple[float, float]:
+        if (fidelity, key) in memo:
+            acc = memo[(fidelity, key)]
         else:
-            m = add_compensation(model, placed, comp, seed=tcfg.seed)
-            train_compensation(m, fit[0], fit[1], variation, tcfg)
-        acc = monte_carlo_accuracy(m, val[0], val[1], variation, n, seed).accuracy_mean
+            placed = to_ranks(key)
+            if all(r is None for r in placed):
+                m = model
+            else:
+                m = add_compensation(model, placed, comp, seed=tcfg.seed)
+                train_compensation(m, fit[0], fit[1], variation, tcfg)
+            acc = monte_carlo_accuracy(m, val[0], val[1], variation, n, seed).accuracy_mean
+            memo[(fidelity, key)] = acc
         c = sum(float(costs[i, a]) for i, a in enumerate(key))
         r = acc - reward.cost_weight * c / reward.budget - reward.over_penalty * max(0.0, c / reward.budget - 1)
         return r, acc
@@ -162,7 +177,9 @@ def compensation_problem(
     def score(actions: tuple[int, ...]) -> float:
         e = entry(tuple(int(a) for a in actions))
         if "reward" not in e:
-            e["reward"], e["accuracy"] = measure(tuple(int(a) for a in actions), train, reward.n_samples, _SEED_VAL)
+            e["reward"], e["accuracy"] = measure(
+                tuple(int(a) for a in actions), "cheap", train, reward.n_samples, _SEED_VAL
+            )
         return e["reward"]
 
     def refine(actions: tuple[int, ...]) -> float:
@@ -170,7 +187,7 @@ def compensation_problem(
         e = entry(tuple(int(a) for a in actions))
         if "refined_reward" not in e:
             e["refined_reward"], e["refined_accuracy"] = measure(
-                tuple(int(a) for a in actions), refine_train, reward.refine_samples, _SEED_REFINE
+                tuple(int(a) for a in actions), "refined", refine_train, reward.refine_samples, _SEED_REFINE
             )
         return e["refined_reward"]
 
@@ -231,6 +248,16 @@ def _comp(steps: int, batch: int, samples: int) -> dict[str, Any]:
     return {"steps": steps, "batch_size": batch, "n_samples": samples, "lr": 1e-2}
 
 
+def _search(steps: int, batch: int) -> dict[str, Any]:
+    """The cheap reward's block training: short, so a higher learning rate decayed to 0 (cosine).
+
+    Chosen by how it ranks placements against the refined reward (docs/robust.md,
+    "Reward fidelity"): at 150 steps the constant 1e-2 of the final recipe leaves the
+    largest blocks far from converged and underrates them.
+    """
+    return {"steps": steps, "batch_size": batch, "n_samples": 4, "lr": 5e-2, "lr_schedule": "cosine"}
+
+
 # per-network defaults of CorrectNetConfig (filled in where a field is not given)
 _MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "mlp": {
@@ -238,7 +265,7 @@ _MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
         "lipschitz": {"kind": "variation", "beta": 10.0},
         "comp_train": _comp(1000, 128, 8),
         "table_train": _comp(300, 128, 4),
-        "search_train": _comp(150, 128, 4),
+        "search_train": _search(150, 128),
         "agent": {
             "episodes": 1000, "batch_episodes": 16, "entropy": 0.2, "max_evaluations": 60,
             "promote_visits": 4, "refine_top": 3, "max_refinements": 6,
@@ -249,9 +276,9 @@ _MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
         "lipschitz": {"kind": "variation", "beta": 1.0},
         "comp_train": _comp(1000, 64, 8),
         "table_train": _comp(300, 64, 4),
-        "search_train": _comp(150, 64, 4),
+        "search_train": _search(150, 64),
         "agent": {
-            "episodes": 1000, "batch_episodes": 16, "entropy": 0.2, "max_evaluations": 40,
+            "episodes": 1000, "batch_episodes": 16, "entropy": 0.2, "max_evaluations": 60,
             "promote_visits": 4, "refine_top": 3, "max_refinements": 5,
         },
     },
@@ -298,7 +325,9 @@ class CorrectNetConfig(HilModel):
     val_fraction: float = Field(0.25, gt=0, lt=1, description="part of the training set held out for placement")
     evaluate_baselines: bool = Field(True, description="also train and test the baseline placements")
     warm_start: bool = Field(
-        True, description="score the baselines (every layer, greedy) first, inside the agent's search"
+        False,
+        description="score the baselines (every layer, greedy) first, inside the agent's search (off: the "
+        "agent's placement is its own)",
     )
     seed: int = 0
 
@@ -321,8 +350,8 @@ class CorrectNetConfig(HilModel):
             n_samples=16,
             comp_train=_comp(600, batch, 6),
             table_train=_comp(150, batch, 4),
-            search_train=_comp(60, batch, 4),
-            reward=RewardConfig(n_samples=6),
+            search_train=_search(60, batch),
+            reward=RewardConfig(n_samples=20),
             agent=AgentConfig(
                 episodes=600, batch_episodes=16, entropy=0.2, max_evaluations=16,
                 promote_visits=4, refine_top=3, max_refinements=4,
@@ -462,19 +491,37 @@ def _find_sigma_star(
     return hi
 
 
-def run_correctnet(
-    cfg: CorrectNetConfig | None = None,
-    progress: Callable[[str], None] | None = None,
-    models_out: dict[str, nn.Module] | None = None,
-) -> CorrectNetReport:
-    """Run the whole pipeline (module docstring) on digits; ``progress`` receives log lines.
+@dataclass
+class Prepared:
+    """Steps 1-3 of :func:`run_correctnet`: the trained networks, the data splits, sigma_star, sensitivities."""
 
-    ``models_out``, when given, receives the trained networks: ``plain``, ``lipschitz``,
-    ``rl`` and ``full`` (the two compensated ones), and the baselines' when trained.
-    """
+    plain: nn.Module
+    lip: nn.Module
+    x_tr: torch.Tensor
+    y_tr: torch.Tensor
+    x_te: torch.Tensor
+    y_te: torch.Tensor
+    fit: tuple[torch.Tensor, torch.Tensor]
+    val: tuple[torch.Tensor, torch.Tensor]
+    clean: float
+    clean_lip: float
+    curve: dict[float, MCResult]
+    sigma_star: float
+    sensitivity: list[float]
+    names: list[str]
+    seconds: dict[str, float]
+    variation: VariationConfig = field(default_factory=VariationConfig)
+
+    @property
+    def at_star(self) -> VariationConfig:
+        """The variation at sigma_star (the other terms of the configuration kept)."""
+        return self.variation.with_sigma(self.sigma_star)
+
+
+def prepare(cfg: CorrectNetConfig, progress: Callable[[str], None] | None = None) -> Prepared:
+    """Train the plain and the regularized network, find sigma_star, measure each layer's sensitivity."""
     from hil.datasets import load_digits_split
 
-    cfg = cfg or CorrectNetConfig()
     t0 = time.perf_counter()
     seconds: dict[str, float] = {}
     data = load_digits_split()
@@ -507,15 +554,40 @@ def run_correctnet(
     base = cfg.variation
     curve = {s: monte_carlo_accuracy(plain, x_te, y_te, base.with_sigma(s), cfg.n_samples, _SEED_TEST) for s in cfg.sigmas}
     sigma_star = _find_sigma_star(plain, x_te, y_te, base, clean, cfg, curve)
-    at_star = base.with_sigma(sigma_star)
-    sigmas = sorted(set(cfg.sigmas) | {sigma_star})
     seconds["sigma_star"] = time.perf_counter() - t0 - sum(seconds.values())
     _log(progress, f"sigma_star = {sigma_star:g} (plain accuracy {curve[sigma_star].accuracy_mean:.4f})")
 
     # 3. sensitivity
-    sens = layer_sensitivity(lip, val[0], val[1], at_star, cfg.sensitivity_samples)
+    sens = layer_sensitivity(lip, val[0], val[1], base.with_sigma(sigma_star), cfg.sensitivity_samples)
     names = [n for n, _ in analog_layers(lip)]
     _log(progress, "sensitivity at sigma_star: " + ", ".join(f"{n}={s:.3f}" for n, s in zip(names, sens, strict=True)))
+    return Prepared(
+        plain=plain, lip=lip, x_tr=x_tr, y_tr=y_tr, x_te=x_te, y_te=y_te, fit=fit, val=val, clean=clean,
+        clean_lip=clean_lip, curve=curve, sigma_star=sigma_star, sensitivity=sens, names=names,
+        seconds=seconds, variation=base,
+    )
+
+
+def run_correctnet(
+    cfg: CorrectNetConfig | None = None,
+    progress: Callable[[str], None] | None = None,
+    models_out: dict[str, nn.Module] | None = None,
+) -> CorrectNetReport:
+    """Run the whole pipeline (module docstring) on digits; ``progress`` receives log lines.
+
+    ``models_out``, when given, receives the trained networks: ``plain``, ``lipschitz``,
+    ``rl`` and ``full`` (the two compensated ones), and the baselines' when trained.
+    """
+    cfg = cfg or CorrectNetConfig()
+    t0 = time.perf_counter()
+    prep = prepare(cfg, progress)
+    seconds = dict(prep.seconds)
+    plain, lip, fit, val = prep.plain, prep.lip, prep.fit, prep.val
+    x_tr, y_tr, x_te, y_te = prep.x_tr, prep.y_tr, prep.x_te, prep.y_te
+    clean, clean_lip, curve, sigma_star = prep.clean, prep.clean_lip, prep.curve, prep.sigma_star
+    sens, names, base = prep.sensitivity, prep.names, prep.variation
+    at_star = base.with_sigma(sigma_star)
+    sigmas = sorted(set(cfg.sigmas) | {sigma_star})
 
     # 4. placement search
     problem, to_ranks, cache = compensation_problem(

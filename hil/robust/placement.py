@@ -11,7 +11,10 @@ step ``l`` the agent sees
   layer, both as fractions of the budget (so it can tell which actions still fit);
 
 and picks an action: ``0`` = no block, ``k >= 1`` = the ``k``-th block size of
-the caller's list (e.g. affine only, rank 1, 2, 4...).  After the last layer the
+the caller's list (e.g. affine only, rank 1, 2, 4...).  Actions that would take
+the placement over the budget are masked (probability 0, ``mask_over_budget``):
+every sampled placement fits, so no costly evaluation is spent on one the reward
+would reject.  After the last layer the
 placement is scored once by ``reward(actions)`` (for compensation:
 Monte-Carlo accuracy on held-out data after training the blocks, minus an
 overhead term, see :func:`compensation_reward`); rewards are cached, so a
@@ -20,10 +23,13 @@ placement is trained and measured once however often it is sampled.
 The policy is a small MLP shared by all steps (one set of weights for every
 layer, so what it learns about "sensitive and cheap" carries over between
 layers) plus a per-layer logit offset (so it can still single out one layer).
-It is trained by REINFORCE on batches of placements sampled together, with a
+It is trained by REINFORCE on batches of placements sampled together with an
+entropy bonus annealed to zero.  The advantage of a placement is, by default,
+the centred rank of its reward within its batch (``advantage="rank"``, in
+[-1/2, 1/2]: scale-free, so the step does not depend on how far apart the
+rewards of good placements happen to be); ``advantage="scaled"`` is a
 leave-one-out baseline (each placement against the mean of the others in its
-batch), advantages scaled by the spread of the rewards seen so far, and an
-entropy bonus annealed to zero.
+batch) divided by the spread of the rewards seen so far.
 
 Two reward fidelities.  A placement's reward is first the problem's cheap
 ``reward`` (short block training).  When the problem also gives ``refine`` (a
@@ -50,6 +56,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -118,6 +125,11 @@ class AgentConfig(HilModel):
     lr: float = Field(0.05, gt=0, description="Adam learning rate of the policy")
     hidden: int = Field(32, ge=1)
     entropy: float = Field(0.2, ge=0, description="entropy bonus weight at the start (annealed to 0)")
+    advantage: Literal["scaled", "rank"] = Field(
+        "rank",
+        description="scaled: reward minus the leave-one-out mean, divided by the spread of all rewards seen; "
+        "rank: the centred rank of the reward within its batch (scale-free)",
+    )
     baseline_decay: float = Field(
         0.8, ge=0, lt=1, description="moving-average baseline decay (only with batch_episodes=1)"
     )
@@ -125,6 +137,11 @@ class AgentConfig(HilModel):
         None, ge=1, description="re-score a placement with the problem's refine reward once sampled this often"
     )
     refine_top: int = Field(0, ge=0, description="after the search, re-score the best this many by cheap reward")
+    mask_over_budget: bool = Field(
+        True,
+        description="never sample an action that would take the placement over the budget (its "
+        "probability is set to 0), so no evaluation is spent on a placement the reward rejects",
+    )
     max_refinements: int | None = Field(None, ge=0, description="cap on refine calls (None: no cap)")
     seed: int = 0
 
@@ -255,6 +272,9 @@ class ReinforcePlacementAgent:
             ent = torch.zeros(k)
             for layer in range(problem.n_layers):  # the k episodes of a batch step together
                 logits = policy(self._states(problem, layer, used), layer)
+                if cfg.mask_over_budget:  # action 0 costs nothing, so one action always remains
+                    over = used.unsqueeze(1) + problem.costs[layer].float().unsqueeze(0) > problem.budget * (1 + 1e-9)
+                    logits = logits.masked_fill(over, -1e9)
                 dist = torch.distributions.Categorical(logits=logits)
                 a = torch.multinomial(dist.probs.detach(), 1, generator=gen).squeeze(1)
                 lp = lp + dist.log_prob(a)
@@ -278,13 +298,15 @@ class ReinforcePlacementAgent:
             r = torch.tensor(rewards)
             mean = float(r.mean())
             means.append(mean)
-            if k > 1:  # leave-one-out baseline: each episode against the others of its batch
+            if k > 1 and cfg.advantage == "rank":  # centred ranks in [-1/2, 1/2], ties averaged
+                adv = _centred_ranks(r)
+            elif k > 1:  # leave-one-out baseline: each episode against the others of its batch
                 adv = r - (r.sum() - r) / (k - 1)
             else:
                 baseline = mean if baseline is None else cfg.baseline_decay * baseline + (1 - cfg.baseline_decay) * mean
                 adv = r - baseline
             scale = float(torch.tensor(list(cache.values())).std()) if len(cache) > 1 else 0.0
-            if scale > 0:
+            if scale > 0 and not (k > 1 and cfg.advantage == "rank"):
                 adv = adv / scale
             frac = episodes / cfg.episodes
             ent_w = cfg.entropy * max(0.0, 1.0 - frac)  # annealed to zero
@@ -309,6 +331,15 @@ class ReinforcePlacementAgent:
             refined=[(list(a), cache[a], fine[a]) for a in fine],
             best_cheap_actions=list(best_cheap),
         )
+
+
+def _centred_ranks(r: torch.Tensor) -> torch.Tensor:
+    """Ranks of ``r`` [k] (ties share their average rank) scaled to [-1/2, 1/2]."""
+    k = r.numel()
+    below = (r.unsqueeze(0) < r.unsqueeze(1)).sum(1).double()
+    equal = (r.unsqueeze(0) == r.unsqueeze(1)).sum(1).double()
+    rank = below + (equal - 1) / 2  # 0 .. k-1
+    return (rank / (k - 1) - 0.5).to(r.dtype)
 
 
 # ----------------------------------------------------------------- baselines
