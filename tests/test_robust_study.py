@@ -55,5 +55,6 @@ def test_study_on_a_tiny_network() -> None:
     first, second = report.budgets
     assert first.feasible >= 4 and first.rank is not None and first.rank.n == 4
     assert -1.0 <= first.rank.cheap_vs_refined <= 1.0 and first.rank.refined_vs_test is not None
+    assert first.rank.previous_vs_refined is not None and all(p[4] is not None for p in first.rank.samples)
     assert second.rank is None  # measured once, on the first budget's placements
     assert "budget 5 %" in format_study(report)

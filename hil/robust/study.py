@@ -33,10 +33,16 @@ import torch
 from pydantic import Field
 
 from hil.config import HilModel
-from hil.robust.compensation import add_compensation, train_compensation
+from hil.robust.compensation import (
+    CompensationConfig,
+    TrainCompensationConfig,
+    add_compensation,
+    train_compensation,
+)
 from hil.robust.montecarlo import MCResult, monte_carlo_accuracy
 from hil.robust.pipeline import (
     _SEED_TEST,
+    _SEED_VAL,
     CorrectNetConfig,
     Prepared,
     compensation_problem,
@@ -68,6 +74,11 @@ class StudyConfig(HilModel):
         "correlation (a placement's accuracy does not depend on the budget, so once is enough)",
     )
     rank_sample_test: bool = Field(True, description="also measure the sample on test (diagnostic)")
+    compare_previous_reward: bool = Field(
+        True,
+        description="also score the sample with the previous cheap reward (the same steps at the constant "
+        "lr 1e-2 of the final recipe, 10 validation chips) to show what the current one changes",
+    )
     sample_seed: int = 0
     tie_se: float = Field(
         2.0, gt=0, description="a paired difference within this many standard errors counts as a tie"
@@ -103,8 +114,12 @@ class RankCorrelation(HilModel):
         None, description="the same over the better half by refined reward (where the choice is made)"
     )
     top_half_refined_vs_test: float | None = None
-    samples: list[tuple[list[int | None], float, float, float | None]] = Field(
-        default_factory=list, description="(ranks, cheap accuracy, refined accuracy, test accuracy)"
+    previous_vs_refined: float | None = Field(None, description="the previous cheap reward (StudyConfig)")
+    previous_vs_test: float | None = None
+    top_half_previous_vs_refined: float | None = None
+    samples: list[tuple[list[int | None], float, float, float | None, float | None]] = Field(
+        default_factory=list,
+        description="(ranks, cheap accuracy, refined accuracy, test accuracy, previous cheap accuracy)",
     )
 
 
@@ -262,13 +277,15 @@ def placement_study(
         rank = None
         if cfg.rank_sample >= 3 and problem.refine is not None and budget == cfg.budgets[0]:
             sample = _sample_feasible(problem, cfg.rank_sample, cfg.sample_seed)
-            pts: list[tuple[list[int | None], float, float, float | None]] = []
+            pts: list[tuple[list[int | None], float, float, float | None, float | None]] = []
+            previous = net.search_train.model_copy(update={"lr": 1e-2, "lr_schedule": "constant"})
             for acts in sample:
                 problem.reward(acts)
                 problem.refine(acts)
                 ranks = to_ranks(acts)
                 t_acc = test(ranks).accuracy_mean if cfg.rank_sample_test else None
-                pts.append((ranks, accuracies[("cheap", acts)], accuracies[("refined", acts)], t_acc))
+                p_acc = _val_accuracy(prep, ranks, net.compensation, previous, 10) if cfg.compare_previous_reward else None
+                pts.append((ranks, accuracies[("cheap", acts)], accuracies[("refined", acts)], t_acc, p_acc))
             if len(pts) >= 3:  # fewer placements fit: no ranking to measure
                 rank = _rank_correlation(pts)
                 log(f"budget {budget:g}: rank correlation over {len(pts)} placements: cheap/refined "
@@ -299,13 +316,32 @@ def placement_study(
     )
 
 
-def _rank_correlation(pts: list[tuple[list[int | None], float, float, float | None]]) -> RankCorrelation:
+def _val_accuracy(
+    prep: Prepared, ranks: Sequence[int | None], comp: CompensationConfig, train: TrainCompensationConfig, n: int
+) -> float:
+    """Validation accuracy of ``ranks`` with blocks trained by ``train`` on the fit part (a cheap reward)."""
+    if all(r is None for r in ranks):
+        m = prep.lip
+    else:
+        m = add_compensation(prep.lip, list(ranks), comp, seed=train.seed)
+        train_compensation(m, prep.fit[0], prep.fit[1], prep.at_star, train)
+    return monte_carlo_accuracy(m, prep.val[0], prep.val[1], prep.at_star, n, _SEED_VAL).accuracy_mean
+
+
+def _rank_correlation(
+    pts: list[tuple[list[int | None], float, float, float | None, float | None]],
+) -> RankCorrelation:
     cheap = [p[1] for p in pts]
     fine = [p[2] for p in pts]
     has_test = all(p[3] is not None for p in pts)
     tst = [float(p[3]) for p in pts if p[3] is not None]
+    has_prev = all(p[4] is not None for p in pts)
+    prev = [float(p[4]) for p in pts if p[4] is not None]
     top = sorted(range(len(pts)), key=lambda i: -fine[i])[: max(3, len(pts) // 2)]
     return RankCorrelation(
+        previous_vs_refined=spearman(prev, fine) if has_prev else None,
+        previous_vs_test=spearman(prev, tst) if has_prev and has_test else None,
+        top_half_previous_vs_refined=spearman([prev[i] for i in top], [fine[i] for i in top]) if has_prev else None,
         n=len(pts),
         cheap_vs_refined=spearman(cheap, fine),
         cheap_vs_test=spearman(cheap, tst) if has_test else None,
@@ -360,4 +396,10 @@ def format_study(report: StudyReport) -> str:
                 f"cheap/test {f(r.cheap_vs_test)}, refined/test {f(r.refined_vs_test)}; better half: "
                 f"cheap/refined {f(r.top_half_cheap_vs_refined)}, refined/test {f(r.top_half_refined_vs_test)}"
             )
+            if r.previous_vs_refined is not None:
+                lines.append(
+                    f"previous cheap reward (constant lr 1e-2, 10 chips) on the same placements: previous/refined "
+                    f"{f(r.previous_vs_refined)}, previous/test {f(r.previous_vs_test)}; better half: "
+                    f"previous/refined {f(r.top_half_previous_vs_refined)}"
+                )
     return "\n".join(lines)
