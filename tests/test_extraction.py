@@ -482,4 +482,6 @@ def test_extraction_demo_one_seed_averaging_helps():
     # constant-rate TTv2: the last iterate wanders, the average does not
     r = run_extraction_seed(0, overrides=CONSTANT_RATE, analog=False)
     assert r["average_digital"] > r["last_iterate_digital"] + 0.02
-    assert abs(r["average_deployed"] - r["average_digital"]) < 0.02
+    # the target, on the mean of the 3 programmings, and no programming far off
+    assert abs(r["average_deployed"] - r["average_digital"]) < 0.01
+    assert all(L["far_off"] == 0 for d in r["deploy"] for L in d["layers"])
