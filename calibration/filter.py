@@ -2,26 +2,31 @@
 
 State-space model of one device (normalized weights):
 
-- state ``w_k = f(w_{k-1}; polarity_k) + eta_k``, with ``f`` the step model's one-pulse
-  transition (identity for a read without a pulse) and write noise
+- hidden weight ``w_k = f(w_{k-1}; polarity_k) + eta_k``, with ``f`` the step model's
+  one-pulse transition (identity for a read without a pulse) and accumulating write noise
   ``eta_k ~ N(0, (c2c * |delta(w_{k-1})|)^2 [+ table std^2])``;
-- read ``y_k = w_k + e_k``, read noise ``e_k ~ N(0, sigma_read^2)``.
+- optionally the write-noise offset ``o_k = rho o_{k-1} + sqrt(1 - rho^2) sigma_o xi_k``
+  at a pulse, ``o_k = o_{k-1}`` at a read without one (:func:`_run_filter_offset`);
+- read ``y_k = w_k [+ o_k] + e_k``, read noise ``e_k ~ N(0, sigma_read^2)``.
 
 The filter's innovations ``nu_k = y_k - E[y_k | y_1..y_{k-1}]`` with variances
 ``S_k`` give the exact Gaussian likelihood of a linear model (and its first-order
 approximation otherwise): ``-2 ln L = sum(nu^2 / S + ln(2 pi S))``.  This
-separates read noise (which makes successive steps anti-correlated) from write
-noise (which accumulates), without regressing steps on noisy states.
+separates read noise (which makes successive steps anti-correlated), the offset
+(correlated over ``-1 / ln rho`` pulses, not accumulating) and the c2c write noise
+(which accumulates), without regressing steps on noisy states.
 
 One Python loop runs over the pulse index; all devices (sequences) and all
 parameter sets of a batch (used for finite-difference Jacobians) advance
 together as numpy arrays ``[batch, sequences]``.  A sequence restarts from its
-read at every segment start (first row of a device, or after unrecorded pulses).
+read at every segment start (first row of a device, or after unrecorded pulses) and
+at every chunk start (:class:`Sequences`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.special import ndtr
@@ -31,9 +36,14 @@ from hil.calibration.stepmodels import Family, clip
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 _INV_SQRT_2PI = float(1.0 / np.sqrt(2.0 * np.pi))
+_FAR = 10.0  # standard deviations from a bound beyond which censoring is skipped
 
 
-CHUNK = 64
+# contiguous runs longer than CHUNK reads are cut into chunks of about CHUNK reads (speed);
+# every chunk starts from its first read, so a chunk must be long compared to the memory of
+# the noise: with the HfO2 file's correlated noise, chunks of 64 reads make a correlated
+# offset look like a random walk (see docs/calibration.md, section 4)
+CHUNK = 1024
 
 
 @dataclass
@@ -126,12 +136,23 @@ def run_filter(
     read_var: np.ndarray,
     t_stop: int | None = None,
     keep_state: bool = False,
+    write_var: np.ndarray | float = 0.0,
+    write_rho: np.ndarray | float = 0.0,
+    step_scale: np.ndarray | None = None,
 ) -> FilterOutput:
     """Run the filter for a batch of parameter sets.
 
-    ``params[name]``, ``c2c`` and ``read_var`` broadcast to ``[B, S]`` (B parameter sets,
-    S sequences).  Returns innovations and their variances ``[B, S, T]``.
+    ``params[name]``, ``c2c``, ``read_var``, ``write_var`` and ``write_rho`` broadcast to
+    ``[B, S]`` (B parameter sets, S sequences).  ``write_var``: variance of the
+    non-accumulating write-noise offset (0: none, the one-dimensional filter runs);
+    ``write_rho``: its correlation from one pulse to the next.  Returns innovations and
+    their variances ``[B, S, T]``; ``state`` is the hidden weight's filtered mean.
+    ``step_scale`` ``[S, T]`` (optional): every pulse's mean step and its noise multiplied by
+    this factor (pulses of different strength, e.g. by amplitude; 1: as the step model).
     """
+    if np.any(np.asarray(write_var) > 0):
+        return _run_filter_offset(seq, fam, params, c2c, read_var, write_var, write_rho, t_stop, keep_state,
+                                  step_scale)
     s_count, t_len = seq.shape
     t_stop = t_len if t_stop is None else min(t_stop, t_len)
     shapes = [np.shape(v) for v in params.values()] + [np.shape(c2c), np.shape(read_var)]
@@ -146,10 +167,10 @@ def run_filter(
     hi = np.broadcast_to(hi, full)
     ups = seq.pol > 0
     dns = seq.pol < 0
-    any_up, all_up = ups.any(axis=0), ups.all(axis=0)
-    any_dn, all_dn = dns.any(axis=0), dns.all(axis=0)
+    pulses = ups | dns
+    any_up, any_dn = ups.any(axis=0), dns.any(axis=0)
+    any_pulse, all_pulse = pulses.any(axis=0), pulses.all(axis=0)
     any_reset = seq.reset.any(axis=0)
-    any_pulse = any_up | any_dn
     nu = np.zeros((b, s_count, t_len))
     var = np.ones((b, s_count, t_len))
     state = np.zeros((b, s_count, t_len)) if keep_state else None
@@ -158,29 +179,7 @@ def run_filter(
     pv = r.copy()
     for t in range(t_stop):
         yt = seq.y[:, t]
-        xm = x
-        f: np.ndarray | float = 1.0
-        q: np.ndarray | float = 0.0
-        if any_up[t]:
-            xu, fu, nsu, tab = fam.transition(x, True, p)
-            qu = (c2 * nsu) ** 2 if tab is None else (c2 * nsu) ** 2 + tab**2
-            if all_up[t]:
-                xm, f, q = xu, fu, qu
-            else:
-                up = ups[:, t]
-                xm = np.where(up, xu, xm)
-                f = np.where(up, fu, f)
-                q = np.where(up, qu, q)
-        if any_dn[t]:
-            xd, fd, nsd, tab = fam.transition(x, False, p)
-            qd = (c2 * nsd) ** 2 if tab is None else (c2 * nsd) ** 2 + tab**2
-            if all_dn[t]:
-                xm, f, q = xd, fd, qd
-            else:
-                dn = dns[:, t]
-                xm = np.where(dn, xd, xm)
-                f = np.where(dn, fd, f)
-                q = np.where(dn, qd, q)
+        xm, f, q = _predict(fam, x, p, c2, t, ups, pulses, any_up, any_dn, all_pulse, step_scale)
         pm = f * f * pv + q
         if any_pulse[t]:
             xm, pm = censored(xm, pm, lo, hi)
@@ -201,15 +200,165 @@ def run_filter(
     return FilterOutput(nu=nu, var=var, state=state, pred=pred)
 
 
-def censored(m: np.ndarray, var: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and variance of ``clamp(X, lo, hi)`` for ``X ~ N(m, var)``.
+def _run_filter_offset(
+    seq: Sequences,
+    fam: Family,
+    params: dict[str, np.ndarray],
+    c2c: np.ndarray,
+    read_var: np.ndarray,
+    write_var: np.ndarray | float,
+    write_rho: np.ndarray | float,
+    t_stop: int | None,
+    keep_state: bool,
+    step_scale: np.ndarray | None = None,
+) -> FilterOutput:
+    """:func:`run_filter` with the write-noise offset: a two-dimensional state per sequence.
+
+    State ``(h, o)``: the hidden weight that the pulses move and the offset that reads
+    see on top of it (``y = h + o + e``).  A pulse moves ``h`` by the step model (with
+    the c2c noise) and replaces ``o`` by ``rho o + sqrt(1 - rho^2) sigma_o xi``; a read
+    without a pulse leaves both.  At a bound the hidden weight is censored (clamped):
+    its mean and variance as in :func:`censored`, its covariance with ``o`` scaled by
+    the probability of being inside (``Cov(clamp(X), Y) = P(lo < X < hi) Cov(X, Y)``
+    for jointly Gaussian ``X``, ``Y``).  A chunk starts from its first read with a
+    diffuse prior on ``h`` and ``o ~ N(0, sigma_o^2)``: ``h = y``, ``var h = sigma_o^2 + r``,
+    ``cov(h, o) = -sigma_o^2``.
+    """
+    s_count, t_len = seq.shape
+    t_stop = t_len if t_stop is None else min(t_stop, t_len)
+    shapes = [np.shape(v) for v in params.values()] + [
+        np.shape(c2c), np.shape(read_var), np.shape(write_var), np.shape(write_rho)
+    ]
+    b = max([s[0] if len(s) == 2 else 1 for s in shapes] + [1])
+    full = (b, s_count)
+    p = {k: np.broadcast_to(np.asarray(v, dtype=np.float64), full) for k, v in params.items()}
+    c2 = np.broadcast_to(np.asarray(c2c, dtype=np.float64), full)
+    r = np.broadcast_to(np.asarray(read_var, dtype=np.float64), full)
+    so2 = np.broadcast_to(np.asarray(write_var, dtype=np.float64), full)
+    rho = np.broadcast_to(np.asarray(write_rho, dtype=np.float64), full)
+    rho2 = rho * rho
+    q_off = (1.0 - rho2) * so2
+    p = fam.prepare(p)
+    lo, hi = fam.bounds_of(p)
+    lo = np.broadcast_to(lo, full)
+    hi = np.broadcast_to(hi, full)
+    ups = seq.pol > 0
+    dns = seq.pol < 0
+    pulses = ups | dns
+    any_up, any_dn = ups.any(axis=0), dns.any(axis=0)
+    any_pulse, all_pulse = pulses.any(axis=0), pulses.all(axis=0)
+    any_reset = seq.reset.any(axis=0)
+    nu = np.zeros((b, s_count, t_len))
+    var = np.ones((b, s_count, t_len))
+    state = np.zeros((b, s_count, t_len)) if keep_state else None
+    pred = np.zeros((b, s_count, t_len)) if keep_state else None
+    x = clip(np.broadcast_to(seq.y[:, 0], full), lo, hi)
+    o = np.zeros(full)
+    phh = so2 + r
+    pho = -so2
+    poo = so2.copy()
+    for t in range(t_stop):
+        yt = seq.y[:, t]
+        xm, f, q = _predict(fam, x, p, c2, t, ups, pulses, any_up, any_dn, all_pulse, step_scale)
+        mhh = f * f * phh + q
+        if any_pulse[t]:
+            if all_pulse[t]:
+                om, mho, moo = rho * o, f * rho * pho, rho2 * poo + q_off
+            else:
+                pl = pulses[:, t]
+                om = np.where(pl, rho * o, o)
+                mho = np.where(pl, f * rho * pho, pho)
+                moo = np.where(pl, rho2 * poo + q_off, poo)
+            xm, mhh, p_in = censored(xm, mhh, lo, hi, inside=True)
+            mho = mho * p_in
+        else:
+            om, mho, moo = o, pho, poo
+        st = mhh + 2.0 * mho + moo + r
+        inn = yt - xm - om
+        kh = (mhh + mho) / st
+        ko = (mho + moo) / st
+        x = clip(xm + kh * inn, lo, hi)
+        o = om + ko * inn
+        phh = mhh - kh * kh * st
+        pho = mho - kh * ko * st
+        poo = moo - ko * ko * st
+        if any_reset[t]:
+            rs = seq.reset[:, t]
+            x = np.where(rs, clip(yt, lo, hi), x)
+            o = np.where(rs, 0.0, o)
+            phh = np.where(rs, so2 + r, phh)
+            pho = np.where(rs, -so2, pho)
+            poo = np.where(rs, so2, poo)
+        nu[:, :, t] = inn
+        var[:, :, t] = st
+        if keep_state:
+            state[:, :, t] = x  # type: ignore[index]
+            pred[:, :, t] = xm  # type: ignore[index]
+    return FilterOutput(nu=nu, var=var, state=state, pred=pred)
+
+
+def _predict(
+    fam: Family,
+    x: np.ndarray,
+    p: dict[str, np.ndarray],
+    c2: np.ndarray,
+    t: int,
+    ups: np.ndarray,
+    pulses: np.ndarray,
+    any_up: np.ndarray,
+    any_dn: np.ndarray,
+    all_pulse: np.ndarray,
+    scale: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray | float, np.ndarray | float]:
+    """Mean state after step ``t`` (before censoring), its derivative and the c2c (plus table)
+    variance, ``[B, S]``; sequences without a pulse at ``t`` keep ``x`` (derivative 1, no noise).
+    One transition for all sequences: per-element directions where both occur.  ``scale``
+    ``[S, T]``: step multipliers (see :func:`run_filter`)."""
+    if not (any_up[t] or any_dn[t]):
+        return x, 1.0, 0.0
+    if any_up[t] and any_dn[t]:
+        up: bool | np.ndarray = ups[:, t]
+    else:
+        up = bool(any_up[t])
+    xt, ft, ns, tab = fam.transition(x, up, p)
+    if scale is not None:
+        st = scale[:, t]
+        lo, hi = fam.bounds_of(p)
+        xt = clip(x + st * (xt - x), lo, hi)
+        ft = 1.0 + st * (ft - 1.0)
+        ns = st * ns
+        tab = None if tab is None else st * tab
+    qt = (c2 * ns) ** 2 if tab is None else (c2 * ns) ** 2 + tab**2
+    if all_pulse[t]:
+        return xt, ft, qt
+    pl = pulses[:, t]
+    return np.where(pl, xt, x), np.where(pl, ft, 1.0), np.where(pl, qt, 0.0)
+
+
+def censored(
+    m: np.ndarray, var: np.ndarray, lo: np.ndarray, hi: np.ndarray, inside: bool = False
+) -> Any:
+    """Mean and variance of ``clamp(X, lo, hi)`` for ``X ~ N(m, var)`` (and, with ``inside``,
+    ``P(lo < X < hi)`` as a third value).
 
     The simulator clamps every noisy state to the device bounds, so at a bound the
     state distribution is censored: its mean moves inside and its variance shrinks.
+    When every entry is more than ``_FAR`` standard deviations inside both bounds, the
+    inputs are returned (the censoring would move them by less than 1e-20 of their value).
     """
     s = np.sqrt(np.maximum(var, 1e-300))
     a = (lo - m) / s
     b = (hi - m) / s
+    if a.max() < -_FAR and b.min() > _FAR:
+        return (m, var, np.ones_like(m)) if inside else (m, var)
+    return _censored(m, var, s, a, b, lo, hi, inside)
+
+
+def _censored(
+    m: np.ndarray, var: np.ndarray, s: np.ndarray, a: np.ndarray, b: np.ndarray,
+    lo: np.ndarray, hi: np.ndarray, inside: bool,
+) -> Any:
+    """:func:`censored`'s moments for every entry (``s``: std, ``a``/``b``: standardized bounds)."""
     pa = ndtr(a)
     pb = ndtr(b)
     p_in = np.maximum(pb - pa, 0.0)
@@ -220,6 +369,8 @@ def censored(m: np.ndarray, var: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> 
     e2_in = m * m * p_in + 2.0 * m * s * (fa - fb) + var * (p_in + _finite(a * fa) - _finite(b * fb))
     mean = lo * pa + hi * p_hi + e1_in
     second = lo * lo * pa + hi * hi * p_hi + e2_in
+    if inside:
+        return mean, np.maximum(second - mean * mean, 0.0), p_in
     return mean, np.maximum(second - mean * mean, 0.0)
 
 

@@ -32,6 +32,9 @@ from hil.calibration.stepmodels import Family
 
 READ_SD_BOUNDS = (1e-6, 10.0)
 C2C_BOUNDS = (0.0, 1000.0)
+WRITE_SD_BOUNDS = (0.0, 10.0)
+WRITE_RHO_BOUNDS = (0.0, 0.999)  # per pulse; 0.999: a correlation length of 1000 pulses
+NOISE_NAMES = ("c2c", "read_sd", "write_sd", "write_rho")
 _S0 = 0.5 * READ_SD_BOUNDS[0] ** 2
 
 
@@ -56,6 +59,7 @@ class FitResult:
     message: str
     nfev: int
     fixed: dict[str, float] = field(default_factory=dict)
+    slot_names: tuple[str, ...] = ()  # names of the fitted parameters (per-device ones once)
 
     @property
     def bic(self) -> float:
@@ -67,10 +71,20 @@ class FitResult:
 
     def param_arrays(self, seq: Sequences) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
         """Parameter dict, c2c and read variance shaped ``[1, S]`` for :func:`run_filter`."""
-        p = {k: _per_seq(v, seq) for k, v in self.values.items() if k not in ("c2c", "read_sd")}
+        p = {k: _per_seq(v, seq) for k, v in self.values.items() if k not in NOISE_NAMES}
         c2c = _per_seq(self.values["c2c"], seq)
         rv = _per_seq(self.values["read_sd"], seq) ** 2
         return p, c2c, rv
+
+    def write_arrays(self, seq: Sequences) -> dict[str, np.ndarray]:
+        """``write_var`` and ``write_rho`` keyword arguments of :func:`run_filter` (``[1, S]``)."""
+        sd = _per_seq(self.values.get("write_sd", 0.0), seq)
+        return {"write_var": sd * sd, "write_rho": _per_seq(self.values.get("write_rho", 0.0), seq)}
+
+    @property
+    def write_noise(self) -> bool:
+        """Whether this fit has the write-noise offset (a non-zero ``write_sd``)."""
+        return bool(np.any(np.asarray(self.values.get("write_sd", 0.0)) > 0))
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -140,6 +154,10 @@ class Problem:
                 b = C2C_BOUNDS
             elif s.name == "read_sd":
                 b = READ_SD_BOUNDS
+            elif s.name == "write_sd":
+                b = WRITE_SD_BOUNDS
+            elif s.name == "write_rho":
+                b = WRITE_RHO_BOUNDS
             else:
                 b = self.fam.bounds(s.name)
             lo.append(b[0])
@@ -178,7 +196,9 @@ class Problem:
         arr = {k: v[:, dev] for k, v in self.arrays(theta, h).items()}
         c2c = arr.pop("c2c")
         rv = arr.pop("read_sd") ** 2
-        out = run_filter(self.seq, self.fam, arr, c2c, rv, t_stop=self.t_stop)
+        wsd = arr.pop("write_sd", np.zeros(1))
+        wrho = arr.pop("write_rho", np.zeros(1))
+        out = run_filter(self.seq, self.fam, arr, c2c, rv, t_stop=self.t_stop, write_var=wsd * wsd, write_rho=wrho)
         nu = out.nu[:, self.s_idx, self.t_idx]
         var = np.maximum(out.var[:, self.s_idx, self.t_idx], 2 * _S0)
         return nu, var
@@ -274,11 +294,16 @@ def fit_model(
     read_sd_fixed: float | None,
     max_nfev: int = 200,
     keep_scales: bool = False,
+    fit_write: bool = False,
 ) -> FitResult:
     """Fit ``fam`` to the rows ``score [S, T]`` starting from ``init`` (name -> [D] or scalar).
 
     ``keep_scales`` (table, pooled): fit the shared nodes with the per-device scale factors
     and bounds of ``init`` held fixed (the second half of the alternating table fit).
+    ``fit_write``: also fit the write-noise offset (``write_sd``, ``write_rho``, shared by all
+    devices, also in per-device fits).  Otherwise the write noise is held at ``init``'s values
+    (none when ``init`` has no ``write_sd``).  The read noise is fitted (shared) when
+    ``read_sd_fixed`` is None, in per-device fits too.
     """
     n_dev = seq.n_devices
     base: dict[str, np.ndarray] = {}
@@ -298,6 +323,8 @@ def fit_model(
     if per_device:
         for name in (*fam.shape_names(), *(() if table else ("c2c",))):
             slots += [Slot(name, d) for d in present]
+        if read_sd_fixed is None:
+            slots.append(Slot("read_sd", None))
     else:
         names = [n for n in fam.names if not (table and n in ("dw_up", "dw_down"))]
         if keep_scales:
@@ -307,26 +334,35 @@ def fit_model(
             slots.append(Slot("c2c", None))
         if read_sd_fixed is None:
             slots.append(Slot("read_sd", None))
+    if fit_write:
+        base.setdefault("write_sd", np.zeros(n_dev))
+        base.setdefault("write_rho", np.zeros(n_dev))
+        slots += [Slot("write_sd", None), Slot("write_rho", None)]
     prob = Problem(fam, seq, score, slots, base)
     theta0 = prob.theta0()
     lo, hi = prob.bounds()
     theta0 = np.clip(theta0, lo + 1e-12 * (hi - lo), hi - 1e-12 * (hi - lo))
-    res = optimize.least_squares(
-        prob.fun,
-        theta0,
-        jac=prob.jac,
-        bounds=(lo, hi),
-        x_scale="jac",
-        method="trf",
-        max_nfev=max_nfev,
-        ftol=1e-7,
-        xtol=1e-7,
-        gtol=1e-8,
-        tr_solver="lsmr" if prob.sparse else "exact",
-    )
-    theta = res.x
-    info = prob.fisher(theta)
-    se_flat = _standard_errors(info)
+    if slots:
+        res = optimize.least_squares(
+            prob.fun,
+            theta0,
+            jac=prob.jac,
+            bounds=(lo, hi),
+            x_scale="jac",
+            method="trf",
+            max_nfev=max_nfev,
+            ftol=1e-7,
+            xtol=1e-7,
+            gtol=1e-8,
+            tr_solver="lsmr" if prob.sparse else "exact",
+        )
+        theta = res.x
+        se_flat = _standard_errors(prob.fisher(theta))
+        success, message, nfev = bool(res.success), str(res.message), int(res.nfev)
+    else:  # nothing free (e.g. a noise-only fit of a table with the read noise fixed): evaluate
+        theta = theta0
+        se_flat = np.zeros(0)
+        success, message, nfev = True, "no free parameters", 1
     arr = prob.arrays(theta, None)
     values = {k: (v[0] if per_device else v[0, :1]).copy() for k, v in arr.items()}
     se: dict[str, np.ndarray] = {}
@@ -344,10 +380,11 @@ def fit_model(
         nll=nll,
         n_scored=len(prob.s_idx),
         k=len(slots),
-        success=bool(res.success),
-        message=str(res.message),
-        nfev=int(res.nfev),
+        success=success,
+        message=message,
+        nfev=nfev,
         fixed={"read_sd": float(read_sd_fixed)} if read_sd_fixed is not None else {},
+        slot_names=tuple(dict.fromkeys(s.name for s in slots)),
     )
 
 
@@ -357,7 +394,7 @@ def row_nll(fam: Family, seq: Sequences, fit: FitResult, score: np.ndarray) -> n
     s_idx, t_idx = np.nonzero(score)
     if len(s_idx) == 0:
         return np.zeros(0)
-    out = run_filter(seq, fam, p, c2c, rv, t_stop=int(t_idx.max()) + 1)
+    out = run_filter(seq, fam, p, c2c, rv, t_stop=int(t_idx.max()) + 1, **fit.write_arrays(seq))
     return gaussian_nll(out.nu[0, s_idx, t_idx], np.maximum(out.var[0, s_idx, t_idx], 2 * _S0))
 
 
@@ -395,4 +432,5 @@ def best_per_device(fits: list[FitResult], nlls: list[np.ndarray]) -> FitResult:
         message="; ".join(sorted({f.message for f in fits})),
         nfev=sum(f.nfev for f in fits),
         fixed=base.fixed,
+        slot_names=base.slot_names,
     )

@@ -42,8 +42,17 @@ from pydantic import Field
 from scipy import stats
 
 import hil
-from hil.calibration.filter import Sequences
-from hil.calibration.fit import FitResult, best_per_device, device_nll, fit_model, row_nll
+from hil.calibration.filter import CHUNK, Sequences
+from hil.calibration.fit import (
+    NOISE_NAMES,
+    WRITE_RHO_BOUNDS,
+    WRITE_SD_BOUNDS,
+    FitResult,
+    best_per_device,
+    device_nll,
+    fit_model,
+    row_nll,
+)
 from hil.calibration.mapping import Mapping, MappingSpec, choose_mapping
 from hil.calibration.measurements import MeasurementSet
 from hil.calibration.split import DEFAULT_HOLDOUT, holdout_rows
@@ -78,6 +87,10 @@ BOUND_SPANS = 1.0
 # e.g. the HfO2 step sizes under its large noise, sit at 50-90 %)
 UNDETERMINED_MODEL = 1.0
 BOX_EDGE = 1e-2  # a value within this fraction of a box limit's magnitude from it is "at" the limit
+# the write-noise offset's memory (-1 / ln rho pulses) must be below this fraction of the longest
+# contiguous run: the data must hold several memories to tell it from a per-run shift
+MEMORY_FRACTION = 0.25
+WRITE_SIGNIFICANCE = 3.0  # the offset's std must lie this many standard errors above 0
 
 
 class CalibrationConfig(HilModel):
@@ -92,6 +105,18 @@ class CalibrationConfig(HilModel):
     max_nfev: int = Field(200, ge=5)
     name: str = "calibrated"
     selection_nats: float = Field(2.0, ge=0, description="held-out NLL margin, nats")
+    chunk: int = Field(
+        CHUNK,
+        ge=8,
+        description="contiguous runs longer than this many reads are cut into chunks of about this "
+        "length for the filter (each chunk starts from its first read: faster, but a chunk should be "
+        "long compared to the memory of the noise)",
+    )
+    write_noise: Literal["auto", "off"] = Field(
+        "auto",
+        description="auto: every candidate is also fitted with the non-accumulating write-noise offset, "
+        "kept where the data determine it and it lowers the BIC; off: never",
+    )
 
 
 class CandidateScore(HilModel):
@@ -111,6 +136,10 @@ class CandidateScore(HilModel):
     converged: bool
     determined: bool = True
     undetermined: list[str] = Field(default_factory=list)
+    write_noise: bool = False
+    write_noise_fit: dict[str, Any] | None = Field(
+        None, description="the pooled fit with the write-noise offset: BIC gain, values, why not used"
+    )
 
 
 @dataclass
@@ -310,6 +339,61 @@ def device_extremes(seq: Sequences, score: np.ndarray, q: float = 0.5) -> tuple[
     return lo, hi
 
 
+def write_noise_undetermined(fit: FitResult, longest_run: int | None = None) -> list[str]:
+    """Why the write-noise offset of a fit is not determined by the data (empty: it is).
+
+    ``write_sd`` must lie at least ``WRITE_SIGNIFICANCE`` standard errors above 0 (the
+    BIC gain alone is not enough: the fit with the offset also refits the read noise, whose
+    part of the gain says nothing about the offset) and not at a limit of its search box; ``write_rho`` a standard error of at most 0.5 (half
+    its range: the data tell a short from a long memory), must not sit at its upper limit,
+    and its memory ``-1 / ln(rho)`` must be below ``MEMORY_FRACTION`` of the longest
+    contiguous run the filter sees (``longest_run`` reads): an offset that outlasts every
+    run is not told from a constant shift of each run (a run-to-run variation that this
+    noise model does not describe; the ferroelectric set's runs show it) or from a
+    random walk.  ``write_rho`` = 0 is a legitimate value (redrawn at every pulse); without
+    repeated reads it makes the offset indistinguishable from read noise, which the first
+    rule catches.
+    """
+    out = []
+    sd, sd_se = float(fit.values["write_sd"][0]), float(fit.se.get("write_sd", np.array([np.inf]))[0])
+    rho, rho_se = float(fit.values["write_rho"][0]), float(fit.se.get("write_rho", np.array([np.inf]))[0])
+    rel = sd_se / sd if sd > 0 else float("inf")
+    if not np.isfinite(rel) or rel > 1.0 / WRITE_SIGNIFICANCE:
+        out.append(f"write_sd = {sd:.4g} with standard error {sd_se:.3g} (less than {WRITE_SIGNIFICANCE:g} "
+                   "standard errors above 0)")
+    elif sd >= WRITE_SD_BOUNDS[1] * (1 - BOX_EDGE):
+        out.append(f"write_sd = {sd:.4g} at the limit of the search box")
+    memory = -1.0 / np.log(rho) if 0 < rho < 1 else 0.0
+    if not np.isfinite(rho_se) or rho_se > 0.5:
+        out.append(f"write_rho = {rho:.4g} with standard error {rho_se:.3g}")
+    elif rho >= WRITE_RHO_BOUNDS[1] - BOX_EDGE * (1 - WRITE_RHO_BOUNDS[1]) * 10:
+        out.append(f"write_rho = {rho:.4g} at the limit of the search box (a random walk)")
+    elif longest_run is not None and memory > MEMORY_FRACTION * longest_run:
+        out.append(
+            f"write_rho = {rho:.4g}: a memory of {memory:.0f} pulses, more than {MEMORY_FRACTION:g} of the "
+            f"longest run ({longest_run} reads): a shift of each run, not a fluctuation within runs"
+        )
+    return out
+
+
+def _write_starts(fit: FitResult, read_fixed: bool, several: bool) -> list[dict[str, Any]]:
+    """Starts of the fit with the write-noise offset, from ``fit`` (without it; per-device values
+    are kept): the non-accumulating noise split between read noise and the offset (a memory
+    of 10 pulses), and the c2c nearly removed (a fit without the offset reads correlated
+    noise as c2c).  With ``several`` (one device: cheap fits), also from half the c2c: the
+    HfO2 file's likelihood has optima on both sides (one keeps much of the c2c); the best
+    of both is kept."""
+    base: dict[str, Any] = {k: np.array(v, dtype=np.float64) for k, v in fit.values.items()}
+    r = float(base["read_sd"][0])
+    base["write_sd"] = max(0.7 * r, 1e-3)
+    if not read_fixed:
+        base["read_sd"] = max(0.7 * r, 2e-6)
+    base["write_rho"] = 0.9
+    if not np.any(base["c2c"] > 0):  # a table (its accumulating noise is its std nodes)
+        return [base]
+    return [dict(base, c2c=f * base["c2c"]) for f in ((0.01, 0.5) if several else (0.01,))]
+
+
 def _fit_pair(
     fam: Family,
     seq: Sequences,
@@ -317,19 +401,89 @@ def _fit_pair(
     inits: list[dict[str, Any]],
     read_sd: float | None,
     max_nfev: int,
-) -> tuple[FitResult, FitResult | None]:
-    """Pooled fit from every start in ``inits`` (the best is kept), then per-device fits from it."""
+    write: Literal["off", "auto", "on"] = "off",
+) -> tuple[FitResult, FitResult | None, dict[str, Any]]:
+    """Pooled fit from every start in ``inits`` (the best is kept), then per-device fits from it.
+
+    ``read_sd``: the read noise fixed from repeated reads (None: fitted).  ``write`` (the
+    write-noise offset, shared by all devices): ``"off"``: none; ``"auto"``: the fits
+    without it, then the last fit (per-device, or pooled for a single device) again with it
+    from :func:`_write_starts`, kept when its offset is determined
+    (:func:`write_noise_undetermined`) and it lowers the BIC (two parameters more); ``"on"``:
+    fitted (``inits`` carry its values; the refit on all rows): by the pooled fit for one
+    device, else held at ``inits`` there and fitted by the per-device fits.  The offset is
+    decided and fitted on the per-device fit, not the pooled one: a pooled fit reads the
+    devices' different ranges (their spread of the bounds) as an offset that never forgets
+    (rho near 1, several times the true std on the round trip's data).  Fits with the
+    offset always fit the read noise too
+    (shared; the repeated reads are in the likelihood, since the offset does not change
+    between reads without a pulse): the offset's variance is the non-accumulating variance
+    minus the read noise's, so a read noise fixed from the repeated reads would pass its
+    sampling error on to the offset without its standard error showing it.  Without the
+    offset, per-device fits hold the read noise at the pooled (or repeated-reads) value.
+    Returns the pooled fit, the per-device fit (None for one device) and what was decided.
+    """
     pooled = None
+    refit_write = write == "on"
+    info: dict[str, Any] = {"tried": write != "off", "used": refit_write}
+    if refit_write:
+        read_sd = None  # fitted jointly with the offset (see below)
+    n_dev = int(seq.device_rows(score).sum())
     for start0 in inits:
-        f = fit_model(fam, seq, score, start0, per_device=False, read_sd_fixed=read_sd, max_nfev=max_nfev)
+        f = fit_model(fam, seq, score, start0, per_device=False, read_sd_fixed=read_sd, max_nfev=max_nfev,
+                      fit_write=refit_write and n_dev < 2)
         if pooled is None or f.nll < pooled.nll:
             pooled = f
     assert pooled is not None
-    n_dev = int(seq.device_rows(score).sum())
-    if n_dev < 2:
-        return pooled, None
+    per: FitResult | None = None
+    if n_dev >= 2:
+        per = _per_device(fam, seq, score, pooled, read_sd, max_nfev, refit_write)
+    if write == "auto":
+        longest = int(seq.valid.sum(axis=1).max())
+        last = per if per is not None else pooled
+        best_w: FitResult | None = None
+        for st in _write_starts(last, read_sd is not None, several=per is None):
+            f = fit_model(fam, seq, score, st, per_device=per is not None, read_sd_fixed=None,
+                          max_nfev=max_nfev, fit_write=True)
+            if best_w is None or f.nll < best_w.nll:
+                best_w = f
+        assert best_w is not None
+        why = write_noise_undetermined(best_w, longest)
+        # the fit with the offset also frees the read noise where the fit without it held it (at the
+        # pooled value in per-device fits, at the repeated reads' value): a third parameter there
+        extra = 2 + int(per is not None or read_sd is not None)
+        gain = 2.0 * (last.nll - best_w.nll) - extra * float(np.log(max(last.n_scored, 1)))
+        info.update(
+            bic_gain=gain,
+            nll_gain=last.nll - best_w.nll,
+            write_sd=float(best_w.values["write_sd"][0]),
+            write_rho=float(best_w.values["write_rho"][0]),
+            read_sd=float(best_w.values["read_sd"][0]),
+            undetermined=why,
+            fitted="per device" if per is not None else "pooled",
+            longest_run=longest,
+        )
+        if not why and gain > 0:
+            info["used"] = True
+            if per is not None:
+                per = best_w
+            else:
+                pooled = best_w
+    return pooled, per, info
+
+
+def _per_device(
+    fam: Family,
+    seq: Sequences,
+    score: np.ndarray,
+    pooled: FitResult,
+    read_sd: float | None,
+    max_nfev: int,
+    refit_write: bool,
+) -> FitResult:
+    """Per-device fits from the pooled fit (see :func:`_fit_pair`)."""
     start: dict[str, Any] = {k: v[0] for k, v in pooled.values.items()}
-    read_sd = float(pooled.values["read_sd"][0])
+    read_per = float(pooled.values["read_sd"][0]) if not refit_write else read_sd
     starts = [start]
     if "w_min" in fam.shape_names():
         # each device starts at its own extreme reads: a hard bound beyond a device's data has
@@ -347,18 +501,19 @@ def _fit_pair(
             starts = [own, start]
         else:
             starts = [start] if fam.kind == "pow" else [own]
-    fits = [fit_model(fam, seq, score, st, per_device=True, read_sd_fixed=read_sd, max_nfev=max_nfev) for st in starts]
+    fits = [fit_model(fam, seq, score, st, per_device=True, read_sd_fixed=read_per, max_nfev=max_nfev,
+                      fit_write=refit_write) for st in starts]
     per = fits[0] if len(fits) == 1 else best_per_device(fits, [device_nll(fam, seq, f, score) for f in fits])
     if fam.kind == "table":
         # the table's nodes are shared: refit them with the per-device scales and bounds fixed
         # (otherwise the device-to-device spread of the steps is read as write noise), then the
         # per-device parameters once more
-        shared = fit_model(fam, seq, score, dict(per.values), per_device=False, read_sd_fixed=read_sd,
+        shared = fit_model(fam, seq, score, dict(per.values), per_device=False, read_sd_fixed=read_per,
                            max_nfev=max_nfev, keep_scales=True)
-        per = fit_model(fam, seq, score, dict(shared.values), per_device=True, read_sd_fixed=read_sd,
-                        max_nfev=max_nfev)
+        per = fit_model(fam, seq, score, dict(shared.values), per_device=True, read_sd_fixed=read_per,
+                        max_nfev=max_nfev, fit_write=refit_write)
         per.se.update({k: v for k, v in shared.se.items() if k not in per.se})
-    return pooled, per
+    return per
 
 
 def _summarize(
@@ -372,9 +527,17 @@ def _summarize(
     d2d: dict[str, float] = {}
     table: dict[str, dict[str, Any]] = {}
     names = list(fam.names) + ["c2c", "read_sd"]
+    last = per if per is not None else pooled
+    if last.write_noise:
+        names += ["write_sd", "write_rho"]
     for name in names:
-        pv = float(pooled.values[name][0])
-        pse = float(pooled.se.get(name, np.array([np.nan]))[0])
+        if name in ("read_sd", "write_sd", "write_rho") and per is not None and name in per.slot_names:
+            # a noise parameter shared by all devices and fitted with the per-device parameters
+            src = per
+        else:
+            src = pooled
+        pv = float(src.values[name][0])
+        pse = float(src.se.get(name, np.array([np.nan]))[0])
         row: dict[str, Any] = {"pooled": pv, "pooled_se": pse}
         if per is not None and (name in fam.shape_names() or name == "c2c"):
             all_vals = per.values[name][device_mask]
@@ -411,7 +574,7 @@ def _summarize(
             # population mean (which a finite set of devices leaves)
             row["se"] = float(np.sqrt(np.sum(ses**2)) / len(vals))
             row["se_population"] = float(np.std(vals, ddof=1) / np.sqrt(len(vals))) if len(vals) >= 2 else float("nan")
-        elif per is not None and name not in ("c2c", "read_sd"):
+        elif per is not None and name not in NOISE_NAMES:
             # shared by all devices (a table's nodes): the value of the per-device fit
             nominal[name] = float(per.values[name][device_mask][0])
             se_shared = per.se.get(name)
@@ -524,7 +687,12 @@ def build_device_model(
         description=description,
         source="hil calibrate",
         step=step,
-        variation=DeviceVariation(c2c=c2c, d2d={k: float(v) for k, v in d2d.items() if k in allowed}),
+        variation=DeviceVariation(
+            c2c=c2c,
+            d2d={k: float(v) for k, v in d2d.items() if k in allowed},
+            write_noise=float(nominal.get("write_sd", 0.0)),
+            write_noise_rho=float(nominal.get("write_rho", 0.0)) if nominal.get("write_sd", 0.0) > 0 else 0.0,
+        ),
         read_noise=read_noise,
         conductance=mapping.model,
     )
@@ -589,7 +757,7 @@ def _calibrate(ms: MeasurementSet, config: CalibrationConfig | None, fmt: str) -
     timing: dict[str, float] = {}
     mapping = choose_mapping(ms, cfg.mapping)
     w = mapping.to_weight(ms.conductance, ms.device)
-    seq = Sequences.build(ms, w)
+    seq = Sequences.build(ms, w, chunk=cfg.chunk)
     heldout, unit = holdout_rows(ms, cfg.holdout_fraction)
     train_rows = ~heldout
     train = seq.mask(train_rows)
@@ -630,14 +798,14 @@ def _calibrate(ms: MeasurementSet, config: CalibrationConfig | None, fmt: str) -
         fam = _family(kind, seq, train, cfg.table_nodes)
         base = initial_values(fam, seq, train, read_fixed)
         init = _chain_init(kind, base, pooled_fits)
-        pooled, per = _fit_pair(fam, seq, train, init, read_fixed, cfg.max_nfev)
+        pooled, per, winfo = _fit_pair(fam, seq, train, init, read_fixed, cfg.max_nfev, cfg.write_noise)
         fams[kind], pooled_fits[kind], per_fits[kind] = fam, pooled, per
         best = per if per is not None else pooled
         table = kind == "table"
         pooled_names = {n for n in fam.names if not (table and n in ("dw_up", "dw_down"))}
         pooled_names |= (set() if table else {"c2c"}) | ({"read_sd"} if read_fixed is None else set())
-        shared = len(pooled_names - {*fam.shape_names(), "c2c"})
-        k_total = best.k + (shared if per is not None else 0)
+        # parameters fitted in the pooled fit only (held there in the per-device fit) count too
+        k_total = best.k + (len(pooled_names - set(best.slot_names)) if per is not None else 0)
         n_train = best.n_scored
         nll_h = row_nll(fam, seq, best, held) if held.any() else np.zeros(0)
         held_nll[kind] = nll_h
@@ -652,6 +820,8 @@ def _calibrate(ms: MeasurementSet, config: CalibrationConfig | None, fmt: str) -
             nll_heldout=float(nll_h.sum()) if len(nll_h) else None,
             pooled_nll_train=pooled.nll,
             converged=bool(pooled.success and (per is None or per.success)),
+            write_noise=best.write_noise,
+            write_noise_fit=jsonable(winfo) if winfo.get("tried") else None,
         )
         _, _, cand_table = _summarize(fam, pooled, per, seq.device_rows(train))
         free = set(pooled.se) | (set(per.se) if per is not None else set())
@@ -698,7 +868,12 @@ def _calibrate(ms: MeasurementSet, config: CalibrationConfig | None, fmt: str) -
     refit_kept = True
     if cfg.final_fit == "all" and held.any():
         start = {k: v[0] for k, v in train_pooled.values.items()}
-        final_pooled, final_per = _fit_pair(fam, seq, all_rows, [start], read_fixed, cfg.max_nfev)
+        train_last = train_per if train_per is not None else train_pooled
+        if train_last.write_noise:
+            start.update({k: float(train_last.values[k][0]) for k in ("read_sd", "write_sd", "write_rho")})
+        final_pooled, final_per, _ = _fit_pair(
+            fam, seq, all_rows, [start], read_fixed, cfg.max_nfev, "on" if train_last.write_noise else "off"
+        )
         all_mask = seq.device_rows(all_rows)
         _, _, refit_table = _summarize(fam, final_pooled, final_per, all_mask)
         free = set(final_pooled.se) | (set(final_per.se) if final_per is not None else set())
@@ -706,6 +881,9 @@ def _calibrate(ms: MeasurementSet, config: CalibrationConfig | None, fmt: str) -
         why = undetermined_parameters(
             fam, refit_table, (float(np.percentile(y_all, 0.5)), float(np.percentile(y_all, 99.5))), free
         )
+        final_last = final_per if final_per is not None else final_pooled
+        if final_last.write_noise:
+            why += write_noise_undetermined(final_last, int(seq.valid.sum(axis=1).max()))
         if why and scores[chosen].determined:
             # the refit on all rows lost what the fitting rows determined: keep the fit on the fitting rows
             selection_notes.append(

@@ -24,6 +24,7 @@ from pydantic import Field
 
 from hil.calibration.compare import format_metrics
 from hil.calibration.filter import gaussian_nll, run_filter
+from hil.calibration.fit import NOISE_NAMES
 from hil.calibration.pipeline import Calibration, jsonable
 from hil.calibration.stepmodels import clip
 from hil.config import VersionedFile, atomic_write_text
@@ -117,7 +118,7 @@ def text_summary(cal: Calibration, reference: dict[str, Any] | None = None) -> s
             siemens = f"{row['value'] * scale:.4g}"
         elif name in ("w_min", "w_max"):
             siemens = f"{float(mp.to_conductance(np.array([row['value']]))[0]):.4g}"
-        elif name == "read_sd":
+        elif name in ("read_sd", "write_sd"):
             siemens = f"{row['value'] * scale:.4g}"
         lines.append(
             f"  {name:<14}{_fmt(row['value']):>12}{_fmt(row.get('se')):>12}{_fmt(row.get('d2d'), 3):>9}"
@@ -129,6 +130,22 @@ def text_summary(cal: Calibration, reference: dict[str, Any] | None = None) -> s
         f"({_fmt(prov.get('summary_siemens', {}).get('dw_min_s'))} S), states {_fmt(s.get('n_states'))}"
     )
     lines.append(f"  device model: c2c {m.variation.c2c:.4g}, read noise {m.read_noise:.4g}, d2d {dict((k, round(v, 4)) for k, v in m.variation.d2d.items())}")
+    v = m.variation
+    if v.write_noise > 0:
+        mem = -1.0 / np.log(v.write_noise_rho) if v.write_noise_rho > 0 else 0.0
+        lines.append(
+            f"  write-noise offset (non-accumulating): std {v.write_noise:.4g}, correlation per pulse "
+            f"{v.write_noise_rho:.4g} (memory {mem:.3g} pulses)"
+        )
+    for c in cal.candidates:
+        wf = c.write_noise_fit
+        if wf and "bic_gain" in wf:
+            verdict = "used" if c.write_noise else ("not determined: " + "; ".join(wf.get("undetermined") or [])
+                                                    if wf.get("undetermined") else "no BIC gain")
+            lines.append(
+                f"  {c.model}: with the write-noise offset (std {_fmt(wf.get('write_sd'))}, rho {_fmt(wf.get('write_rho'))}) "
+                f"the pooled BIC changes by {-float(wf['bic_gain']):+.1f}: {verdict}"
+            )
     if cal.replay is not None:
         lines.append("")
         lines.append(f"replay of the model fitted on the fitting rows, scored on the held-out rows ({cal.heldout_unit}):")
@@ -161,7 +178,7 @@ def model_trajectory(cal: Calibration, device: int) -> np.ndarray:
     fit = cal.per_device if cal.per_device is not None else cal.pooled
     p = {}
     for k, v in fit.values.items():
-        if k in ("c2c", "read_sd"):
+        if k in NOISE_NAMES:
             continue
         p[k] = np.asarray(v[device] if len(v) > 1 else v[0], dtype=float).reshape(1, 1)
     fam = cal.family
@@ -213,7 +230,7 @@ def write_figure(cal: Calibration, path: str | os.PathLike[str]) -> Path:
     fit = cal.per_device if cal.per_device is not None else cal.pooled
     seq = cal.seq
     pr, c2c, rv = fit.param_arrays(seq)
-    out = run_filter(seq, cal.family, pr, c2c, rv, keep_state=True)
+    out = run_filter(seq, cal.family, pr, c2c, rv, keep_state=True, **fit.write_arrays(seq))
     assert out.state is not None
     state = out.state[0]
     prev = np.concatenate([state[:, :1], state[:, :-1]], axis=1)
@@ -244,7 +261,7 @@ def write_figure(cal: Calibration, path: str | os.PathLike[str]) -> Path:
                 pd = {
                     k: np.asarray(v[dd], dtype=float).reshape(1, 1)
                     for k, v in cal.per_device.values.items()
-                    if k not in ("c2c", "read_sd")
+                    if k not in NOISE_NAMES
                 }
                 pd = cal.family.prepare(pd)
                 ax.plot(grid, cal.family.mean_step(grid.reshape(1, -1), pol > 0, pd)[0], "-", color=color, lw=0.5, alpha=0.4)
@@ -294,7 +311,7 @@ def write_figure(cal: Calibration, path: str | os.PathLike[str]) -> Path:
 
 
 def _nominal_params(cal: Calibration) -> dict[str, float]:
-    return {k: float(v["value"]) for k, v in cal.parameters.items() if k not in ("c2c", "read_sd")}
+    return {k: float(v["value"]) for k, v in cal.parameters.items() if k not in NOISE_NAMES}
 
 
 def build_report(cal: Calibration, reference: dict[str, Any] | None = None) -> FitReport:

@@ -31,6 +31,31 @@ def clip(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return np.minimum(np.maximum(x, lo), hi)
 
 
+Up = bool | np.ndarray  # a pulse direction: True (up), False (down), or one per element
+
+
+def _sel(up: Up, a: np.ndarray | float, b: np.ndarray | float) -> np.ndarray | float:
+    """``a`` where the pulse is up, ``b`` where it is down (no copy for a plain bool)."""
+    if up is True:
+        return a
+    if up is False:
+        return b
+    return np.where(up, a, b)
+
+
+def _pair(nodes: np.ndarray, i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``nodes[..., i - 1]`` and ``nodes[..., i]`` per element (``nodes [..., K]``, ``i`` shaped
+    like ``nodes[..., 0]`` or broadcasting to it): flat gathers, cheaper than
+    ``take_along_axis`` for the filter's small arrays."""
+    k = nodes.shape[-1]
+    shape = np.broadcast_shapes(nodes.shape[:-1], np.shape(i))
+    if nodes.shape[:-1] != shape or not nodes.flags.c_contiguous:
+        nodes = np.ascontiguousarray(np.broadcast_to(nodes, (*shape, k)))
+    flat = nodes.reshape(-1)
+    idx = np.arange(0, flat.size, k).reshape(shape) + i
+    return flat[idx - 1], flat[idx]
+
+
 @dataclass
 class Family:
     """One step model: parameter names, bounds and its one-pulse transition."""
@@ -93,7 +118,7 @@ class Family:
             return np.asarray(lo), np.asarray(hi)
         return p["w_min"], p["w_max"]
 
-    def _delta(self, x: np.ndarray, up: bool, p: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def _delta(self, x: np.ndarray, up: Up, p: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Signed mean step and its derivative for pow / exp / table (simulator formulas)."""
         k = self.kind
         lo, hi = self._lo_hi(p)
@@ -102,101 +127,108 @@ class Family:
             u_raw = (x - lo) / span
             inside = (u_raw > 0) & (u_raw < 1)
             u = clip(u_raw, 0.0, 1.0)
+            g = _sel(up, p["gamma_up"], p["gamma_down"])
+            dw = _sel(up, p["dw_up"], -p["dw_down"])
             if k == "pow":
-                g = p["gamma_up"] if up else p["gamma_down"]
-                base = 2.0 * (1.0 - u) if up else 2.0 * u
+                base = _sel(up, 2.0 * (1.0 - u), 2.0 * u)
                 safe = np.maximum(base, 1e-12)
                 powed = np.where(base > 0, np.power(safe, g), np.where(g == 0, 1.0, 0.0))
                 dpow = np.where(base > 0, np.minimum(g * np.power(safe, g - 1.0), _BIG), 0.0)
-                if up:
-                    d = p["dw_up"] * powed
-                    dd = p["dw_up"] * dpow * (-2.0 / span)
-                else:
-                    d = -p["dw_down"] * powed
-                    dd = -p["dw_down"] * dpow * (2.0 / span)
+                d = dw * powed
+                dd = dw * dpow * _sel(up, -2.0 / span, 2.0 / span)
             else:
-                g = p["gamma_up"] if up else p["gamma_down"]
                 with np.errstate(over="ignore"):
-                    if up:
-                        d = p["dw_up"] * np.exp(np.clip(g * (0.5 - u), -50, 50))
-                        dd = d * (-g / span)
-                    else:
-                        d = -p["dw_down"] * np.exp(np.clip(g * (u - 0.5), -50, 50))
-                        dd = d * (g / span)
+                    d = dw * np.exp(np.clip(g * _sel(up, 0.5 - u, u - 0.5), -50, 50))
+                    dd = d * (_sel(up, -g, g) / span)
             return d, np.where(inside, dd, 0.0)
         # table
         assert self.grid is not None
         grid = self.grid
         kk = len(grid)
-        key = "up_nodes" if up else "down_nodes"
-        if key in p:
-            nodes = p[key]
-        else:
-            nodes = np.stack(
-                [np.broadcast_to(p[f"{'up' if up else 'down'}_node_{i}"], x.shape) for i in range(kk)], axis=-1
-            )
-        scale = p["dw_up"] if up else p["dw_down"]
+        scale = _sel(up, p["dw_up"], p["dw_down"])
         xc = clip(x, grid[0], grid[-1])
         i = np.clip(np.searchsorted(grid, xc), 1, kk - 1)
         g0, g1 = grid[i - 1], grid[i]
-        v0 = np.take_along_axis(nodes, (i - 1)[..., None], axis=-1)[..., 0]
-        v1 = np.take_along_axis(nodes, i[..., None], axis=-1)[..., 0]
+        v0, v1 = self._table_pair(up, "nodes", "node", x.shape, p, i)
         t = (xc - g0) / (g1 - g0)
         slope = (v1 - v0) / (g1 - g0)
         inside = (x > grid[0]) & (x < grid[-1])
         return scale * (v0 + t * (v1 - v0)), np.where(inside, scale * slope, 0.0)
 
-    def _table_std(self, x: np.ndarray, up: bool, p: dict[str, np.ndarray]) -> np.ndarray | None:
+    def _table_pair(
+        self, up: Up, key: str, name: str, shape: tuple[int, ...], p: dict[str, np.ndarray], i: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """A table's values (``key`` "nodes" or "stds") at grid nodes ``i - 1`` and ``i`` for the
+        direction(s) ``up``."""
+        out = []
+        for direction in ("up", "down"):
+            if up is (direction == "down"):
+                out.append(None)
+                continue
+            stacked = p.get(f"{direction}_{key}")
+            if stacked is None:
+                stacked = np.stack(
+                    [np.broadcast_to(p[f"{direction}_{name}_{j}"], shape) for j in range(self.n_nodes)], axis=-1
+                )
+            out.append(_pair(stacked, i))
+        if out[0] is None:
+            return out[1]  # type: ignore[return-value]
+        if out[1] is None:
+            return out[0]
+        return _sel(up, out[0][0], out[1][0]), _sel(up, out[0][1], out[1][1])
+
+    def _table_std(self, x: np.ndarray, up: Up, p: dict[str, np.ndarray]) -> np.ndarray | None:
         """Tabulated std of one pulse's change at ``x`` (fitted std nodes, else the fixed table)."""
         if self.grid is None:
             return None
-        key = "up_stds" if up else "down_stds"
-        scale = p["dw_up"] if up else p["dw_down"]
-        if key in p:
+        scale = _sel(up, p["dw_up"], p["dw_down"])
+        if "up_stds" in p or "up_std_0" in p:
             grid = self.grid
             kk = len(grid)
             xc = clip(x, grid[0], grid[-1])
             i = np.clip(np.searchsorted(grid, xc), 1, kk - 1)
             t = (xc - grid[i - 1]) / (grid[i] - grid[i - 1])
-            v0 = np.take_along_axis(p[key], (i - 1)[..., None], axis=-1)[..., 0]
-            v1 = np.take_along_axis(p[key], i[..., None], axis=-1)[..., 0]
+            v0, v1 = self._table_pair(up, "stds", "std", x.shape, p, i)
             return scale * (v0 + t * (v1 - v0))
-        std = self.std_up if up else self.std_down
-        if std is None:
+        if self.std_up is None or self.std_down is None:
             return None
-        return scale * np.interp(clip(x, self.grid[0], self.grid[-1]), self.grid, std)
+        xc = clip(x, self.grid[0], self.grid[-1])
+        return scale * _sel(up, np.interp(xc, self.grid, self.std_up), np.interp(xc, self.grid, self.std_down))
 
     def transition(
-        self, x: np.ndarray, up: bool, p: dict[str, np.ndarray]
+        self, x: np.ndarray, up: Up, p: dict[str, np.ndarray]
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         """One pulse from state ``x``: mean state before the write noise, its derivative d/dx,
         |step| for the c2c noise, and the tabulated noise std (table only, else None).
 
+        ``up``: True (up pulses), False (down pulses) or a boolean array that broadcasts
+        against ``x`` (the direction of each element; the same values as the two calls).
         The mean is clamped to the bounds except for ``constant``, where the simulator adds the
         noise to the unclamped step; the filter then clamps the noisy state (censoring)."""
+        if isinstance(up, np.bool_) or (isinstance(up, np.ndarray) and up.ndim == 0):
+            up = bool(up)
         k = self.kind
         lo, hi = self._lo_hi(p)
         tab = None
         if k == "constant":
-            d = p["dw_up"] if up else -p["dw_down"]
+            d = _sel(up, p["dw_up"], -p["dw_down"])
             xn = x + d
             deriv = np.ones_like(x)
             noise = np.broadcast_to(np.abs(d), x.shape)
         elif k in ("linear", "softbounds"):
-            if up:
-                g = 1.0 if k == "softbounds" else p["gamma_up"]
-                a = p["dw_up"]
-                c = a * g / p["w_max"]
+            if k == "softbounds":
+                g: np.ndarray | float = 1.0
             else:
-                g = 1.0 if k == "softbounds" else p["gamma_down"]
-                a = -p["dw_down"]
-                c = a * g / p["w_min"]
+                g = _sel(up, p["gamma_up"], p["gamma_down"])
+            a = _sel(up, p["dw_up"], -p["dw_down"])
+            c = a * g / _sel(up, p["w_max"], p["w_min"])
             step = a - c * x
             # the step is clamped at zero beyond its fixed point (gamma > 1): no move there
-            moving = step > 0 if up else step < 0
+            signed = step if up is True else (-step if up is False else np.where(up, step, -step))
+            moving = signed > 0
             xn = np.where(moving, x + step, x)
             deriv = np.where(moving, 1.0 - c, 1.0)
-            noise = np.maximum(step, 0.0) if up else np.maximum(-step, 0.0)
+            noise = np.maximum(signed, 0.0)
         else:
             d0, d0p = self._delta(x, up, p)
             xn = x + d0

@@ -24,7 +24,19 @@ other ones) and is what calibration fits.  All models keep ``w`` inside
 ``[w_min, w_max]``.
 
 Cycle-to-cycle (write) noise: every pulse's change is ``mean * (1 + c2c * xi)``,
-``xi ~ N(0, 1)`` (the ``table`` model adds its tabulated std on top).
+``xi ~ N(0, 1)`` (the ``table`` model adds its tabulated std on top).  It accumulates:
+the hidden weight random-walks.
+
+Non-accumulating write noise (``write_noise``, ``write_noise_rho``; schema 1.1): every
+device has a hidden weight that the steps move, and the weight that reads and MVMs see
+is the hidden weight plus an offset ``o``.  Every pulse replaces the offset by
+``rho * o + sqrt(1 - rho^2) * write_noise * xi`` (``n`` pulses at once:
+``rho^n o + sqrt(1 - rho^(2n)) write_noise xi``, the same in distribution), so ``o`` is
+stationary with std ``write_noise`` and forgets itself over ``-1 / ln(rho)`` pulses.
+``rho = 0`` is aihwkit's ``write_noise_std`` (``write_noise = write_noise_std * dw_min``):
+the offset is redrawn at every pulse.  A read without a pulse sees the same offset
+again (unlike ``read_noise``, which is drawn at every read); the offset never feeds
+back into the hidden weight, so it does not accumulate.
 Device-to-device variation: every parameter named in ``d2d`` is drawn once per
 device at construction as ``p * (1 + d2d[p] * xi)`` (``xi`` truncated at +-3).
 """
@@ -154,6 +166,19 @@ class DeviceVariation(HilModel):
         default_factory=dict,
         description="relative std across devices of each named step parameter (dw_up, w_max, ...)",
     )
+    write_noise: float = Field(
+        0.0,
+        ge=0,
+        description="std of the non-accumulating write-noise offset that reads see on top of the "
+        "hidden weight, normalized units (aihwkit: write_noise_std x dw_min)",
+    )
+    write_noise_rho: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="correlation of the write-noise offset from one pulse to the next (0: redrawn "
+        "independently at every pulse, as aihwkit; correlation length -1/ln(rho) pulses)",
+    )
     stuck_fraction: float = Field(0.0, ge=0, le=1, description="fraction of devices that never move")
     stuck_at: Literal["min", "max", "random"] = Field(
         "random", description="where stuck devices sit: at a bound, or uniformly random in range"
@@ -197,7 +222,12 @@ class DeviceModel(VersionedFile):
     ``SimulatedCrossbar`` loads it directly; ``hil calibrate`` writes it.
     """
 
-    SCHEMA_VERSION = "1.0"
+    SCHEMA_VERSION = "1.1"
+    schema_version: str = Field(
+        "1.1",
+        description="1.1 added variation.write_noise and write_noise_rho; 1.0 files (without "
+        "them) load unchanged with no write noise",
+    )
     name: str = "device"
     description: str = ""
     source: str = Field("", description="where the model comes from (paper, data set, fit)")

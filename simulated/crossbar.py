@@ -126,11 +126,16 @@ class SimulatedCrossbar(CrossbarBackend):
             },
         )
 
+    def _apparent(self) -> torch.Tensor:
+        """The weights reads and MVMs see: hidden weights plus the write-noise offset (if any)."""
+        off = self.devices.offset
+        return self.weights if off is None else self.weights + off
+
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return analog_mvm(x.to(self.weights.dtype), self.weights, self.config.periphery, self.generator)
+        return analog_mvm(x.to(self.weights.dtype), self._apparent(), self.config.periphery, self.generator)
 
     def _backward(self, d: torch.Tensor) -> torch.Tensor:
-        return analog_mvm(d.to(self.weights.dtype), self.weights.T, self.config.periphery, self.generator)
+        return analog_mvm(d.to(self.weights.dtype), self._apparent().T, self.config.periphery, self.generator)
 
     def _update(self, x: torch.Tensor, d: torch.Tensor, lr: float) -> None:
         n_up, n_down = coincidence_counts(
@@ -159,16 +164,27 @@ class SimulatedCrossbar(CrossbarBackend):
 
     # --------------------------------------------------------- simulation-only
     def true_weights(self) -> torch.Tensor:
-        """The exact simulated weights ``[rows, cols]`` (no read noise; not available on hardware)."""
+        """The exact weights MVMs compute with ``[rows, cols]``: no read noise, but the write-noise
+        offset included (not available on hardware)."""
+        return self._apparent().clone()
+
+    def hidden_weights(self) -> torch.Tensor:
+        """The hidden weights ``[rows, cols]`` that pulses move (without the write-noise offset;
+        equal to :meth:`true_weights` for a model without write noise)."""
         return self.weights.clone()
 
     def set_weights(self, w: torch.Tensor) -> None:
-        """Set the weights directly (clamped to each device's bounds; stuck devices stay stuck)."""
+        """Set the hidden weights directly (clamped to each device's bounds; stuck devices stay stuck).
+
+        Like a write to every device, this draws a fresh write-noise offset (when the model
+        has write noise; aihwkit's ``apply_write_noise_on_set``)."""
         if tuple(w.shape) != self.shape:
             raise ValueError(f"set_weights: expected shape {list(self.shape)}, got {list(w.shape)}")
         if not bool(torch.isfinite(w).all()):
             raise ValueError("set_weights: weights contain NaN/inf")
         self.weights = self.devices.clamp(w.to(self.device, self.weights.dtype))
+        if self.devices.offset is not None:
+            self.devices.offset = self.devices.fresh_offset(self.generator)
 
     def symmetry_point(self) -> torch.Tensor:
         """Per-device symmetry point ``[rows, cols]`` (where mean up and down steps cancel)."""

@@ -31,6 +31,14 @@ vectors, the same math runs on them, and the result is scattered back: devices
 without pulses are returned bit-unchanged (the whole-array path gives them a
 write-noise term of sd ~1e-19).  Affine steps use per-device coefficients (fixed
 point ``a / c`` and ``log(1 - c)``) cached on the parameter tensors.
+
+Non-accumulating write noise (``variation.write_noise`` > 0): :attr:`DeviceArray.offset`
+``[rows, cols]`` holds every device's write-noise offset, which reads see on top of the
+hidden weight that :meth:`DeviceArray.apply` moves.  Every application replaces the
+offset of each pulsed device (``n`` pulses) by ``rho^n o + sqrt(1 - rho^(2n)) sigma xi``
+(exact in distribution for the AR(1) offset of :mod:`hil.device_model`); on the sparse
+path only the pulsed devices' offsets are gathered, redrawn and scattered back.  Without
+write noise :attr:`DeviceArray.offset` is None and nothing of this runs.
 """
 
 from __future__ import annotations
@@ -142,6 +150,8 @@ class DeviceArray:
             self.up_std = torch.tensor(step.up_std, device=device, dtype=dtype)
             self.down_std = torch.tensor(step.down_std, device=device, dtype=dtype)
         self.c2c = float(var.c2c)
+        self.write_sd = float(var.write_noise)
+        self.write_rho = float(var.write_noise_rho)
         self._cache: dict[str, tuple[tuple[tuple[int, int], ...], object]] = {}
         # stuck devices
         n_stuck = int(round(var.stuck_fraction * rows * cols))
@@ -157,6 +167,46 @@ class DeviceArray:
             else:
                 u = torch.rand(self.shape, generator=generator, device=device, dtype=dtype)
                 self.stuck_value = self.params["w_min"] + u * (self.params["w_max"] - self.params["w_min"])
+        #: write-noise offset of every device ``[rows, cols]`` (None without write noise)
+        self.offset: torch.Tensor | None = None
+        if self.write_sd > 0:
+            self.offset = self.fresh_offset(generator)
+
+    # ------------------------------------------------------------ write noise
+    def fresh_offset(self, generator: torch.Generator) -> torch.Tensor:
+        """A stationary draw of every device's write-noise offset ``[rows, cols]`` (stuck devices: 0).
+
+        What a write that sets every device's weight leaves (the offset's stationary law
+        ``N(0, write_noise^2)``); zeros without write noise.
+        """
+        xi = torch.randn(self.shape, generator=generator, device=self.device, dtype=self.dtype)
+        out = xi * self.write_sd
+        if self._any_stuck():
+            out = torch.where(self.stuck, torch.zeros_like(out), out)
+        return out
+
+    def _redraw_offset(
+        self, n: torch.Tensor, idx: torch.Tensor | None, generator: torch.Generator
+    ) -> None:
+        """Redraw the offsets of the devices that got ``n`` pulses (``n`` >= 0; ``idx``: their flat
+        indices for a gathered subset, None: ``n`` is ``[rows, cols]``, devices with 0 keep theirs)."""
+        assert self.offset is not None
+        flat = self.offset.reshape(-1)
+        o = flat if idx is None else flat.index_select(0, idx)
+        n = n.reshape(-1).to(self.dtype)
+        decay = torch.pow(torch.as_tensor(self.write_rho, dtype=self.dtype, device=self.device), n)
+        xi = torch.randn(o.shape, generator=generator, device=self.device, dtype=self.dtype)
+        # n = 0: decay 1, innovation sd 0 -> unchanged; rho = 0: pow(0, n >= 1) = 0 -> redrawn
+        new = torch.addcmul(o * decay, (1.0 - decay * decay).clamp_(min=0.0).sqrt_(), xi, value=self.write_sd)
+        if self._any_stuck():
+            st = self.stuck.reshape(-1) if idx is None else self.stuck.reshape(-1).index_select(0, idx)
+            new = torch.where(st, torch.zeros_like(new), new)
+        if idx is None:
+            self.offset = new.view(self.shape)
+        else:
+            out = flat.clone()
+            out.index_copy_(0, idx, new)
+            self.offset = out.view(self.shape)
 
     # ------------------------------------------------------------ responses
     def _u(self, w: torch.Tensor, p: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
@@ -529,17 +579,25 @@ class DeviceArray:
             dense_p = self._coefficients().dense
             if self.kind == "constant":
                 n_up, n_down = split(None)
-                return self._apply_constant(w, n_up, n_down, generator, dense_p, stuck)
+                out = self._apply_constant(w, n_up, n_down, generator, dense_p, stuck)
+                if self.offset is not None:
+                    self._redraw_offset(total(None) if full is None else full, None, generator)
+                return out
             full = total(None) if full is None else full
             peak = float(full.max())
             if peak <= 0:
                 return w
             n_up, n_down = split(None)
-            return self._apply_pulses(w, n_up, n_down, peak, dense_p, stuck, generator, max_chunks)
+            out = self._apply_pulses(w, n_up, n_down, peak, dense_p, stuck, generator, max_chunks)
+            if self.offset is not None:
+                self._redraw_offset(full, None, generator)
+            return out
         full = total(None) if full is None else full
         idx = torch.nonzero((full > 0).reshape(-1)).view(-1)
         if idx.numel() == 0:
             return w
+        if self.offset is not None:
+            self._redraw_offset(full.reshape(-1).index_select(0, idx), idx, generator)
         peak = float(full.reshape(-1).index_select(0, idx).max())
         coeffs = self._coefficients()
         # sparse: gather the pulsed devices (flat indices, ascending: deterministic), apply the
@@ -645,13 +703,25 @@ class DeviceArray:
         out = {f"param.{k}": v.clone() for k, v in self.params.items()}
         out["stuck"] = self.stuck.clone()
         out["stuck_value"] = self.stuck_value.clone()
+        if self.offset is not None:
+            out["offset"] = self.offset.clone()
         return out
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore :meth:`state_dict` (a model with write noise needs the checkpoint's ``offset``)."""
         for k in list(self.params):
             self.params[k] = state[f"param.{k}"].to(self.device, self.dtype)
         self.stuck = state["stuck"].to(self.device)
         self.stuck_value = state["stuck_value"].to(self.device, self.dtype)
+        if self.write_sd > 0:
+            if "offset" not in state:
+                raise ValueError(
+                    "checkpoint has no write-noise offset ('offset'), but the device model has write "
+                    f"noise (write_noise {self.write_sd}): it was saved from a model without write noise"
+                )
+            self.offset = state["offset"].to(self.device, self.dtype)
+        else:
+            self.offset = None
 
 
 def nominal_dw(model: DeviceModel) -> float:

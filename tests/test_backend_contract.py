@@ -310,7 +310,7 @@ def test_device_model_round_trip_every_step_model(kind: str, tmp_path) -> None:
     assert again == m and type(again.step) is type(step)
     path = m.save(tmp_path / "sub" / "dev.json")
     assert DeviceModel.load(path) == m
-    assert json.loads(path.read_text())["schema_version"] == "1.0"
+    assert json.loads(path.read_text())["schema_version"] == DeviceModel.SCHEMA_VERSION == "1.1"
     # and the simulator builds from the file
     sim = SimulatedCrossbar(2, 2, device=str(path))
     assert sim.config.device == m

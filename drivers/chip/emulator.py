@@ -608,7 +608,8 @@ class ChipEmulator:
 
     # array access
     def _win_weights(self, win: Window) -> torch.Tensor:
-        return self.sim.weights[win.row0 : win.row0 + win.rows, win.col0 : win.col0 + win.cols]
+        # true_weights: what reads and MVMs see (hidden weights plus a write-noise offset, if any)
+        return self.sim.true_weights()[win.row0 : win.row0 + win.rows, win.col0 : win.col0 + win.cols]
 
     def _apply_window(self, win: Window, n_up: torch.Tensor, n_down: torch.Tensor) -> None:
         sim = self.sim
