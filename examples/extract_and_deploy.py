@@ -86,6 +86,8 @@ def main() -> None:
     ap.add_argument("--no-cosine", action="store_true", help="skip the cosine-schedule (recommended settings) comparison")
     ap.add_argument("--programmings", type=int, default=DEPLOY_PROGRAMMINGS,
                     help=f"independent programmings (fresh arrays) per trained model (default {DEPLOY_PROGRAMMINGS})")
+    ap.add_argument("--forward-reads", type=int, default=1,
+                    help="MVMs averaged per input by the deployed model (default 1; k costs k x the inference reads)")
     ap.add_argument("--deploy-study", action="store_true",
                     help="instead of the figures: the deployment study (write-verify, mapping, calibration variants)")
     ap.add_argument("--study-json", metavar="PATH", help="with --deploy-study: write the study JSON here")
@@ -97,7 +99,7 @@ def main() -> None:
     details: list[dict] = []
     summary = run_extraction_demo(quick=args.quick, seeds=tuple(range(args.seeds)), json_path=args.json,
                                   details=details, progress=True, cosine=not args.no_cosine,
-                                  programmings=args.programmings)
+                                  programmings=args.programmings, forward_reads=args.forward_reads)
     _table("constant-rate TTv2 (the seed paper's protocol; schedule='constant')", summary)
     if "cosine_schedule" in summary:
         _table("recommended TTv2 (cosine decay of the transfer rate to 0, otherwise the same)",

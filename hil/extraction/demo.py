@@ -82,6 +82,7 @@ def run_extraction_seed(
     analog: bool = True,
     programmings: int = DEPLOY_PROGRAMMINGS,
     keep_models: bool = False,
+    forward_reads: int = 1,
 ) -> dict[str, Any]:
     """One seed of the experiment; accuracies in [0, 1] and the details behind them.
 
@@ -89,7 +90,8 @@ def run_extraction_seed(
     ``analog``: also run the two analog (D) averagers.  The average is deployed
     ``programmings`` times, each onto fresh arrays (seed :func:`deploy_seed`);
     ``average_deployed`` is the mean over the programmings, ``average_deployed_each`` lists
-    them (``programmings=0``: no deployment, no such keys).  ``keep_models``: the record also holds the extracted ``"average_model"``.
+    them (``programmings=0``: no deployment, no such keys).  ``forward_reads``: MVMs averaged
+    per input by the deployed model (1: the default deployment; k costs k x the reads).  ``keep_models``: the record also holds the extracted ``"average_model"``.
     """
     from hil.nn import convert_to_analog
     from hil.training import (
@@ -138,7 +140,8 @@ def run_extraction_seed(
     reports = []
     for p in range(programmings):
         _, rep = deploy(avg, deploy_factory(deploy_device, seed=deploy_seed(seed, p)), out_scale=scale,
-                        x_test=data.x_test, y_test=data.y_test, eval_passes=eval_passes, **DEPLOY_SETTINGS)
+                        x_test=data.x_test, y_test=data.y_test, eval_passes=eval_passes,
+                        forward_reads=forward_reads, **DEPLOY_SETTINGS)
         reports.append(rep)
     if reports:
         each = [float(r.accuracy) for r in reports]  # type: ignore[arg-type]
@@ -208,6 +211,7 @@ def deployment_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "programmings": len(runs[0]["average_deployed_each"]) if runs else 0,
         "settings": {k: (v.model_dump(mode="json") if isinstance(v, WriteVerifyConfig) else v)
                      for k, v in DEPLOY_SETTINGS.items()},
+        "forward_reads": runs[0]["deploy"][0].get("forward_reads", 1) if runs and runs[0]["deploy"] else 1,
         "per_seed": per_seed,
         "gap_all": {"mean": statistics.fmean(gaps), "std": statistics.stdev(gaps) if len(gaps) > 1 else 0.0,
                     "min": min(gaps), "max": max(gaps)},
@@ -225,6 +229,7 @@ def run_extraction_demo(
     cosine: bool = True,
     analog: bool = True,
     programmings: int = DEPLOY_PROGRAMMINGS,
+    forward_reads: int = 1,
 ) -> dict[str, Any]:
     """The four accuracies ``{"last_iterate_analog", "last_iterate_digital", "average_digital",
     "average_deployed"}``, each ``{"mean", "std"}`` over ``seeds``, and the paired per-seed
@@ -237,8 +242,8 @@ def run_extraction_demo(
     ``average_analog_D`` / ``average_analog_D_no_c2c`` there when ``analog``.
 
     ``average_deployed`` is per seed the mean over ``programmings`` independent
-    programmings (fresh arrays); ``"deployment"`` (:func:`deployment_summary`) holds every
-    programming.  ``quick``: 15 epochs (the recommended TTv2 run); otherwise 30.
+    programmings (fresh arrays), each inferring with ``forward_reads`` MVMs per input;
+    ``"deployment"`` (:func:`deployment_summary`) holds every programming.  ``quick``: 15 epochs (the recommended TTv2 run); otherwise 30.
     ``details``, if a list, receives every seed's full record; ``json_path`` writes the
     summary as JSON.
     """
@@ -251,7 +256,8 @@ def run_extraction_demo(
     for name, over, with_analog in settings:
         runs = []
         for s in seeds:
-            r = run_extraction_seed(s, epochs=epochs, overrides=over, analog=with_analog, programmings=programmings)
+            r = run_extraction_seed(s, epochs=epochs, overrides=over, analog=with_analog, programmings=programmings,
+                                    forward_reads=forward_reads)
             r["setting"] = name
             if progress:
                 keys = (*KEYS, *ANALOG_KEYS) if with_analog else KEYS
