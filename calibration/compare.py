@@ -238,6 +238,61 @@ def _amplitude_groups(amp_steps: dict[str, list[np.ndarray]], n_reps: int) -> li
     return groups
 
 
+def protocol_shift(ms: MeasurementSet, held: np.ndarray) -> dict[str, Any] | None:
+    """How the held-out pulses differ from the fitting pulses in width and amplitude (information).
+
+    For the optional columns ``width_s`` and ``amplitude_v``: their range over the fitting and
+    the held-out pulse rows, and the fraction of held-out pulses whose value (|amplitude|)
+    lies outside what that device's fitting rows span (widths: a value none of its fitting
+    pulses had).  Also the measured mean change per pulse (range-normalized, as
+    :func:`replay_metrics`) on the fitting and the held-out rows, per polarity.  An
+    identical-pulse model fitted on one protocol is asked to predict another where these
+    differ.  None without either column or without held-out pulses.
+    """
+    cols = [c for c in ("width_s", "amplitude_v") if c in ms.optional]
+    pulse = ms.polarity != 0
+    held = np.asarray(held, dtype=bool)
+    if not cols or not (held & pulse).any() or not (~held & pulse).any():
+        return None
+    codes, names = ms.device_codes()
+    out: dict[str, Any] = {}
+    for col in cols:
+        v = ms.optional[col].astype(float)
+        v = np.abs(v) if col == "amplitude_v" else v
+        outside = np.zeros(len(ms), dtype=bool)
+        for d in range(len(names)):
+            fit_d = (codes == d) & ~held & pulse
+            held_d = (codes == d) & held & pulse
+            if not held_d.any():
+                continue
+            if not fit_d.any():
+                outside |= held_d
+            elif col == "width_s":
+                outside |= held_d & ~np.isin(v, np.unique(v[fit_d]))
+            else:
+                outside |= held_d & ((v < v[fit_d].min()) | (v > v[fit_d].max()))
+        out[col] = {
+            "fitting_range": [float(v[~held & pulse].min()), float(v[~held & pulse].max())],
+            "heldout_range": [float(v[held & pulse].min()), float(v[held & pulse].max())],
+            "heldout_outside_fraction": float(outside[held & pulse].mean()),
+        }
+    ranges = device_ranges(ms)
+    prev = np.full(len(ms), -1, dtype=np.int64)
+    last: dict[int, int] = {}
+    for i, c in enumerate(codes):
+        prev[i] = last.get(int(c), -1)
+        last[int(c)] = i
+    ok = pulse & ~ms.segment_starts() & (prev >= 0)
+    scale = np.array([ranges[names[c]] for c in codes])
+    dg = np.zeros(len(ms))
+    dg[ok] = (ms.conductance[ok] - ms.conductance[prev[ok]]) / scale[ok]
+    for key, rows in (("fitting", ~held), ("heldout", held)):
+        for pol, name in ((1, "up"), (-1, "down")):
+            sel = ok & rows & (ms.polarity == pol)
+            out[f"mean_change_{name}_{key}"] = float(dg[sel].mean()) if sel.any() else float("nan")
+    return out
+
+
 def format_metrics(m: dict[str, Any], title: str = "") -> str:
     lines = [title] if title else []
     lines.append(
@@ -263,6 +318,23 @@ def format_metrics(m: dict[str, Any], title: str = "") -> str:
                 f"(target 1/{STD_RATIO_TARGET}..{STD_RATIO_TARGET}), {m[f'steps_{key}']} steps"
             )
     lines.append(f"  step spread {'PASS' if m['pass_step_std'] else 'FAIL'}")
+    shift = m.get("protocol_shift")
+    if shift:
+        lines.append("  held-out vs fitting pulses (information: the protocol the model must predict):")
+        for col, unit in (("width_s", "s"), ("amplitude_v", "V (|amplitude|)")):
+            if col in shift:
+                c = shift[col]
+                lines.append(
+                    f"    {col}: fitting {c['fitting_range'][0]:.3g}..{c['fitting_range'][1]:.3g}, held out "
+                    f"{c['heldout_range'][0]:.3g}..{c['heldout_range'][1]:.3g} {unit}; "
+                    f"{c['heldout_outside_fraction']:.0%} of the held-out pulses outside their device's fitting "
+                    f"{'widths' if col == 'width_s' else 'range'}"
+                )
+        lines.append(
+            f"    measured mean change per pulse (x range): up {shift['mean_change_up_fitting']:+.4f} fitting, "
+            f"{shift['mean_change_up_heldout']:+.4f} held out; down {shift['mean_change_down_fitting']:+.4f} fitting, "
+            f"{shift['mean_change_down_heldout']:+.4f} held out"
+        )
     if m.get("amplitude_groups"):
         lines.append("  per |amplitude| group (information: an identical-pulse model has one step per state):")
         for g in m["amplitude_groups"]:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from hil.calibration.compare import holdout_starts, replay_metrics
+from hil.calibration.compare import holdout_starts, protocol_shift, replay_metrics
 from hil.calibration.importers.base import import_measurements
 from hil.calibration.mapping import Mapping
 from hil.calibration.measurements import MeasurementSet
@@ -110,6 +110,9 @@ def replay_check(cal: Calibration, seed: int = 0, replays: int | None = None) ->
     reps = replay_copies(cal.train_model, ms, cal.mapping, replays, seed=seed, restart_rows=restart)
     metrics = replay_metrics(ms, reps, rows)
     metrics["scored_on"] = cal.heldout_unit if held else "all rows (nothing held out)"
+    shift = protocol_shift(ms, cal.heldout) if held else None
+    if shift is not None:
+        metrics["protocol_shift"] = shift
     metrics["seed"] = seed
     mean = reps[0].subset(np.ones(len(ms), dtype=bool))
     mean.conductance = np.mean([r.conductance for r in reps], axis=0)

@@ -60,7 +60,8 @@ def aihwkit_reram_es(w: np.ndarray, up: bool) -> np.ndarray:
 
 def aihwkit_as_table(nodes: int = 81) -> DeviceModel:
     """The aihwkit preset as our ``table`` model: its mean step tabulated, its ``dw_min_std`` (5, relative
-    to the step) as the tabulated std, its ``write_noise_std`` (75 x dw_min, not accumulating) as read noise."""
+    to the step) as the tabulated std, its ``write_noise_std`` (75 x dw_min, not accumulating, redrawn at
+    every pulse) as our write-noise offset with ``write_noise_rho`` 0 (aihwkit's semantics); no read noise."""
     grid = np.linspace(-1.0, 1.0, nodes)
     up = aihwkit_reram_es(grid, True)
     dn = aihwkit_reram_es(grid, False)
@@ -68,8 +69,8 @@ def aihwkit_as_table(nodes: int = 81) -> DeviceModel:
         name="aihwkit-ReRamES",
         step=TableStep(grid=grid.tolist(), up_mean=up.tolist(), down_mean=dn.tolist(),
                        up_std=(5.0 * np.abs(up)).tolist(), down_std=(5.0 * np.abs(dn)).tolist()),
-        variation=DeviceVariation(),
-        read_noise=75 * 0.00135,
+        variation=DeviceVariation(write_noise=75 * 0.00135, write_noise_rho=0.0),
+        read_noise=0.0,
     )
 
 
@@ -86,7 +87,10 @@ def model_nll(model: DeviceModel, seq: Sequences, score: np.ndarray) -> float:
     else:
         fam = Family(step.model)
         p = {k: np.full((1, 1), float(getattr(step, k))) for k in step.parameters}
-    out = run_filter(seq, fam, p, np.full((1, 1), model.variation.c2c), np.full((1, 1), model.read_noise**2))
+    v = model.variation
+    # read noise 0 (aihwkit's preset): a floor far below every other variance keeps the filter defined
+    out = run_filter(seq, fam, p, np.full((1, 1), v.c2c), np.full((1, 1), max(model.read_noise, 1e-9) ** 2),
+                     write_var=v.write_noise**2, write_rho=v.write_noise_rho)
     return float(gaussian_nll(out.nu[0][score], out.var[0][score]).sum())
 
 
@@ -117,8 +121,136 @@ def msq_change(ms_list: list[Any], ks: tuple[int, ...] = (1, 10, 100)) -> dict[i
     return out
 
 
+AMPLITUDE_EDGES_V = (0.0, 1.0, 2.0, 3.0, float("inf"))
+
+
+def amplitude_factor_experiment(cal: Any, copies: int = 32, seed: int = 0) -> dict[str, Any]:
+    """Does a step scale per |amplitude| group help the held-out runs?  (docs/calibration.md, section 7)
+
+    Two pooled ``softbounds`` fits on the fitting rows with our filter: identical pulses, and every
+    pulse's step (and its c2c noise) multiplied by a factor of its |amplitude| group (0-1, 1-2, 2-3,
+    >3 V; 1-2 V is the reference), one set of factors per direction (6 parameters more).  Scored
+    by BIC, held-out NLL, and a Monte Carlo replay of every row (``copies`` copies, pulse by pulse,
+    restarted at the measured value at each run start and at the first held-out read, as the
+    held-out replay check) scored with :func:`hil.calibration.compare.replay_metrics` on the
+    held-out rows.  Both variants are pooled and without device-to-device spread, so they
+    compare with each other, not with the pipeline's model.
+    """
+    from scipy import optimize
+
+    from hil.calibration.compare import holdout_starts
+
+    ms, seq, w = cal.measurements, cal.seq, cal.weights
+    train, held = seq.mask(~cal.heldout), seq.mask(cal.heldout)
+    grp_row = np.digitize(np.abs(ms.optional["amplitude_v"]), AMPLITUDE_EDGES_V[1:-1])
+    grp = np.zeros(seq.shape, dtype=np.int64)
+    ok = seq.row >= 0
+    grp[ok] = grp_row[seq.row[ok]]
+    up_rows = seq.pol > 0
+    fam = Family("softbounds")
+    names = ("dw_up", "dw_down", "w_min", "w_max")
+    n_g = len(AMPLITUDE_EDGES_V) - 1
+
+    def factors(theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if len(theta) == 6:
+            return np.ones(n_g), np.ones(n_g)
+        return np.insert(theta[6 : 5 + n_g], 1, 1.0), np.insert(theta[5 + n_g :], 1, 1.0)
+
+    def filt(theta: np.ndarray) -> Any:
+        fu, fd = factors(theta)
+        scale = np.where(up_rows, fu[grp], fd[grp]) if len(theta) > 6 else None
+        p = {k: np.full((1, 1), theta[i]) for i, k in enumerate(names)}
+        return run_filter(seq, fam, p, np.full((1, 1), theta[4]), np.full((1, 1), theta[5] ** 2), step_scale=scale)
+
+    def resid(theta: np.ndarray) -> np.ndarray:
+        out = filt(theta)
+        v = np.maximum(out.var[0][train], 1e-12)
+        return np.concatenate([out.nu[0][train] / np.sqrt(v), np.sqrt(np.log(v / 5e-13))])
+
+    def nll(theta: np.ndarray, rows: np.ndarray) -> float:
+        out = filt(theta)
+        return float(gaussian_nll(out.nu[0][rows], np.maximum(out.var[0][rows], 1e-12)).sum())
+
+    lo, hi = [1e-6, 1e-6, -20.0, 1e-3, 0.0, 1e-5], [10.0, 10.0, -1e-3, 20.0, 100.0, 10.0]
+    restart = ms.segment_starts() | holdout_starts(ms, cal.heldout)
+    codes, _ = ms.device_codes()
+    results: dict[str, Any] = {}
+    theta = np.array([0.01, 0.01, -1.0, 1.0, 1.0, 0.02])
+    for label, extra in (("identical pulses", 0), ("step scale per |amplitude| group", 2 * (n_g - 1))):
+        start = np.concatenate([theta, np.ones(extra)])
+        fit = optimize.least_squares(resid, start, bounds=(lo + [1e-3] * extra, hi + [100.0] * extra),
+                                     x_scale="jac", max_nfev=200, ftol=1e-7, xtol=1e-7)
+        theta = fit.x[:6]
+        n_train = nll(fit.x, train)
+        # Monte Carlo replay of the fitted pooled model, pulse by pulse
+        rng = np.random.default_rng(seed)
+        dwu, dwd, wmin, wmax, c2c, rsd = fit.x[:6]
+        fu, fd = factors(fit.x)
+        state: dict[int, np.ndarray] = {}
+        reads = np.zeros((len(ms), copies))
+        for i in range(len(ms)):
+            d = int(codes[i])
+            if restart[i] or d not in state:
+                state[d] = np.full(copies, np.clip(w[i], wmin, wmax))
+            elif ms.polarity[i] != 0:
+                x = state[d]
+                if ms.polarity[i] > 0:
+                    step = np.maximum(dwu * fu[grp_row[i]] * (1.0 - x / wmax), 0.0)
+                else:
+                    step = -np.maximum(dwd * fd[grp_row[i]] * (1.0 - x / wmin), 0.0)
+                state[d] = np.clip(x + step + c2c * np.abs(step) * rng.standard_normal(copies), wmin, wmax)
+            reads[i] = state[d] + rsd * rng.standard_normal(copies)
+        reps = []
+        for j in range(copies):
+            r = ms.subset(np.ones(len(ms), dtype=bool))
+            r.conductance = cal.mapping.to_conductance(reads[:, j], ms.device)
+            reps.append(r)
+        m = replay_metrics(ms, reps, cal.heldout)
+        results[label] = {
+            "parameters": len(fit.x),
+            "nll_train": n_train,
+            "bic": 2.0 * n_train + len(fit.x) * float(np.log(int(train.sum()))),
+            "nll_heldout": nll(fit.x, held),
+            "factors_up": fu.tolist(),
+            "factors_down": fd.tolist(),
+            "heldout_replay": {k: v for k, v in m.items() if k not in ("per_device", "amplitude_groups")},
+        }
+    return results
+
+
+def response_by_width(cal: Any, max_v: float = 1.0) -> list[dict[str, Any]]:
+    """Measured mean change per pulse (range-normalized) of pulses with |amplitude| below ``max_v``,
+    by pulse width, up and down, with the fraction of those pulses that are held out: how the
+    response to one amplitude depends on the width (docs/calibration.md, section 7)."""
+    from hil.calibration.compare import device_ranges
+
+    ms = cal.measurements
+    codes, names = ms.device_codes()
+    ranges = device_ranges(ms)
+    prev = np.full(len(ms), -1, dtype=np.int64)
+    last: dict[int, int] = {}
+    for i, c in enumerate(codes):
+        prev[i] = last.get(int(c), -1)
+        last[int(c)] = i
+    ok = (ms.polarity != 0) & ~ms.segment_starts() & (prev >= 0)
+    ok &= np.abs(ms.optional["amplitude_v"]) < max_v
+    idx = np.nonzero(ok)[0]
+    dg = np.array([(ms.conductance[i] - ms.conductance[prev[i]]) / ranges[names[codes[i]]] for i in idx])
+    width = ms.optional["width_s"][idx]
+    rows = []
+    for wv in np.unique(width):
+        sel = width == wv
+        row: dict[str, Any] = {"width_s": float(wv), "pulses": int(sel.sum()),
+                               "heldout_fraction": float(cal.heldout[idx[sel]].mean())}
+        for pol, key in ((1, "up"), (-1, "down")):
+            m = sel & (ms.polarity[idx] == pol)
+            row[f"mean_change_{key}"] = float(dg[m].mean()) if m.sum() >= 3 else None
+        rows.append(row)
+    return rows
+
+
 def run_set(name: str, path: Path, out: Path, cfg: CalibrationConfig, in_sample: bool, fmt: str = "auto",
-            fit_samples: bool = False) -> dict[str, Any]:
+            fit_samples: bool = False) -> tuple[dict[str, Any], Any]:
     t0 = time.perf_counter()
     run = calibrate_path(path, fmt, None, cfg, replay=False, fit_samples=fit_samples)
     t_cal = time.perf_counter() - t0
@@ -167,7 +299,7 @@ def run_set(name: str, path: Path, out: Path, cfg: CalibrationConfig, in_sample:
         rep_path.unlink()
     replay_to_file(sim, ms, cal.mapping, rep_path, progress=False)
     print(f"  one characterize --replay written to {rep_path}")
-    return res
+    return res, cal
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,7 +317,30 @@ def main(argv: list[str] | None = None) -> int:
 
     # ---- HfO2 ReRAM (Gong et al.), also in the units of the aihwkit fit (w = the file's values)
     gong = args.data / "reram-hfo2-gong" / "gong_et_al.csv"
-    results["hfo2"] = run_set("hfo2", gong, args.out, CalibrationConfig(name="hfo2-gong"), in_sample=True)
+    results["hfo2"], cal_h = run_set("hfo2", gong, args.out, CalibrationConfig(name="hfo2-gong"), in_sample=True)
+    # the held-out figure is a Monte Carlo estimate (50 replayed copies): its spread over replay seeds
+    by_seed = {seed: replay_check(cal_h, seed=seed) for seed in range(1, 6)}
+    by_seed[0] = cal_h.replay
+    nr = [by_seed[k]["nrmse"] for k in sorted(by_seed)]
+    results["hfo2"]["heldout_nrmse_by_replay_seed"] = nr
+    print(f"  held-out NRMSE over replay seeds 0-5: {', '.join(f'{x:.4f}' for x in nr)} (mean {np.mean(nr):.4f}); "
+          f"step spread ratios up {min(by_seed[k]['step_std_ratio_up'] for k in by_seed):.3f}.."
+          f"{max(by_seed[k]['step_std_ratio_up'] for k in by_seed):.3f}, down "
+          f"{min(by_seed[k]['step_std_ratio_down'] for k in by_seed):.3f}.."
+          f"{max(by_seed[k]['step_std_ratio_down'] for k in by_seed):.3f}")
+    # the same with chunks of 64 reads (the filter's default before the write-noise offset)
+    run64 = calibrate_path(gong, "auto", None, CalibrationConfig(name="hfo2-gong-chunk64", chunk=64), replay=False)
+    assert run64.calibration is not None
+    rep64 = replay_check(run64.calibration)
+    v64 = run64.calibration.train_model.variation
+    results["hfo2_chunk64"] = {
+        "chosen": run64.calibration.chosen, "c2c": v64.c2c, "write_noise": v64.write_noise,
+        "write_noise_rho": v64.write_noise_rho,
+        "heldout_replay": {k: v for k, v in rep64.items() if k not in ("trajectory", "per_device")},
+    }
+    print(f"  with chunks of 64 reads: chosen {run64.calibration.chosen}, c2c {v64.c2c:.3g}, write noise "
+          f"{v64.write_noise:.3g} (rho {v64.write_noise_rho:.3f}); held-out NRMSE {rep64['nrmse']:.4f}, step spread "
+          f"up {rep64['step_std_ratio_up']:.3f} down {rep64['step_std_ratio_down']:.3f}")
     cfg_units = CalibrationConfig(name="hfo2-gong-data-units", mapping=MappingSpec(g_range=(-1e-6, 1e-6)))
     run = calibrate_path(gong, "auto", None, cfg_units, replay=False)
     cal = run.calibration
@@ -203,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
         "ours_c2c_abs_at_0": float(ours.variation.c2c * abs(step_table(ours, [0.0])["up"][0])),
         "aihwkit_c2c_abs_at_0": float(5.0 * aihwkit_reram_es(np.array([0.0]), True)[0]),
         "ours_read_noise": ours.read_noise,
+        "ours_write_noise": ours.variation.write_noise,
+        "ours_write_noise_rho": ours.variation.write_noise_rho,
         "aihwkit_write_noise": 75 * 0.00135,
         "nll_all_rows": {"ours": n_ours, "aihwkit": n_ref, "reads": int(all_rows.sum())},
         "nll_heldout_rows": {"ours_train_model": model_nll(cal.train_model, cal.seq, held), "aihwkit": model_nll(ref, cal.seq, held)},
@@ -231,7 +388,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  ours ({cal.chosen}): up {np.round(cmp['ours_steps']['up'], 5)}, down {np.round(cmp['ours_steps']['down'], 5)}")
     print(f"  aihwkit (exp)  : up {np.round(cmp['aihwkit_steps']['up'], 5)}, down {np.round(cmp['aihwkit_steps']['down'], 5)}")
     print(f"  accumulating noise per pulse at w=0: ours {cmp['ours_c2c_abs_at_0']:.4f}, aihwkit {cmp['aihwkit_c2c_abs_at_0']:.4f}")
-    print(f"  non-accumulating noise: ours (read) {ours.read_noise:.4f}, aihwkit (write_noise) {75 * 0.00135:.4f}")
+    wn = ours.variation
+    mem = -1.0 / np.log(wn.write_noise_rho) if 0 < wn.write_noise_rho < 1 else 0.0
+    print(f"  non-accumulating noise: ours read {ours.read_noise:.4f} + write-noise offset {wn.write_noise:.4f} "
+          f"(rho {wn.write_noise_rho:.3f}, memory {mem:.1f} pulses); aihwkit write_noise {75 * 0.00135:.4f} "
+          "(redrawn at every pulse)")
     print(f"  symmetry point / dw_min / states: ours {sym['ours']}, aihwkit {sym['aihwkit']}")
     print(f"  NLL on all {all_rows.sum()} reads (our filter): ours {n_ours:.1f}, aihwkit {n_ref:.1f}")
     print(f"  ours ({cal.chosen}) in file units: {cmp['parameters_file_units']}, c2c {ours.variation.c2c:.4g}")
@@ -242,8 +403,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    {label:<9} " + "  ".join(f"k={k}: {x:.4f}" for k, x in v.items()))
 
     # ---- ferroelectric amplitude sweeps (the largest set: the timing target)
-    results["ferro"] = run_set("ferro", args.data / "ferro-hzo-ampsweep", args.out,
-                               CalibrationConfig(name="ferro-hzo"), in_sample=not args.quick)
+    results["ferro"], cal_f = run_set("ferro", args.data / "ferro-hzo-ampsweep", args.out,
+                                      CalibrationConfig(name="ferro-hzo"), in_sample=not args.quick)
+
+    by_width = response_by_width(cal_f)
+    results["ferro_response_by_width"] = by_width
+    print("\n--- ferro: measured mean change per pulse of |amplitude| < 1 V pulses, by pulse width (x range)")
+    for r in by_width:
+        up = "-" if r["mean_change_up"] is None else f"{r['mean_change_up']:+.4f}"
+        dn = "-" if r["mean_change_down"] is None else f"{r['mean_change_down']:+.4f}"
+        print(f"  {r['width_s']:8.0e} s: {r['pulses']:>4} pulses, up {up:>8}, down {dn:>8}, "
+              f"held out {r['heldout_fraction']:.0%}")
+    exp = amplitude_factor_experiment(cal_f)
+    results["ferro_amplitude_factors"] = exp
+    print("\n--- ferro: a step scale per |amplitude| group? (pooled softbounds, fitting rows; held-out runs)")
+    for label, r in exp.items():
+        h = r["heldout_replay"]
+        print(f"  {label:<34} {r['parameters']:>2} parameters: BIC {r['bic']:10.1f}, held-out NLL {r['nll_heldout']:9.1f}, "
+              f"held-out replay NRMSE {h['nrmse']:.4f}, step spread up {h['step_std_ratio_up']:.3f} "
+              f"down {h['step_std_ratio_down']:.3f}")
+        if len(set(r["factors_up"] + r["factors_down"])) > 1:
+            print(f"    factors (0-1, 1-2, 2-3, >3 V) up {np.round(r['factors_up'], 3).tolist()}, "
+                  f"down {np.round(r['factors_down'], 3).tolist()}")
 
     # ---- ENODe lookup table
     lut = args.data / "enode-ecram-lut"
@@ -253,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     results["enode"] = {"imported_model": run.model.step.model, "seconds": time.perf_counter() - t0}
     print(f"\n=== enode: {lut}: imported as a {run.model.step.model} model (no fit) in {results['enode']['seconds']:.2f} s")
     if not args.quick:
-        res = run_set("enode-sampled", lut, args.out, CalibrationConfig(name="enode-sampled", model="auto"), in_sample=True,
+        res, _ = run_set("enode-sampled", lut, args.out, CalibrationConfig(name="enode-sampled", model="auto"), in_sample=True,
                       fmt="crosssim-lut", fit_samples=True)
         results["enode_sampled"] = res
     if args.json:

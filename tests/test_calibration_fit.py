@@ -323,3 +323,29 @@ def test_undetermined_parameter_rules() -> None:
     nan_se = dict(ok, **table(dw_up=(1.0, float("nan"))))
     assert undetermined_parameters(Family("softbounds"), nan_se, (-1, 1), free={"dw_down", "w_min", "w_max"}) == []
     assert "not finite" in undetermined_parameters(Family("softbounds"), nan_se, (-1, 1))[0]
+
+
+def test_protocol_shift_of_the_ferroelectric_held_out_runs(shared_data: Path) -> None:
+    """The held-out later runs use pulse widths their devices' fitting runs never had: the
+    replay check says so (information printed beside the held-out figures)."""
+    from hil.calibration.compare import format_metrics, protocol_shift
+    from hil.calibration.importers.base import import_measurements
+    from hil.calibration.split import holdout_rows
+
+    _, res = import_measurements(shared_data / "ferro-hzo-ampsweep", "wgfmu-summary")
+    ms = res.measurements
+    assert ms is not None
+    held, unit = holdout_rows(ms, 1 / 3)
+    shift = protocol_shift(ms, held)
+    assert unit == "cycles" and shift is not None
+    assert shift["width_s"]["heldout_outside_fraction"] > 0.9
+    assert shift["amplitude_v"]["heldout_outside_fraction"] < 0.1
+    assert shift["mean_change_up_heldout"] > shift["mean_change_up_fitting"] > 0
+    text = format_metrics({"rows": 1, "devices": 1, "nrmse": 0.1, "pass_nrmse": False, "pass_step_std": True,
+                           "protocol_shift": shift})
+    assert "outside their device's fitting widths" in text
+    # without width and amplitude columns, or without held-out rows: nothing to say
+    plain = ms.subset(np.ones(len(ms), dtype=bool))
+    plain.optional = {}
+    assert protocol_shift(plain, held) is None
+    assert protocol_shift(ms, np.zeros(len(ms), dtype=bool)) is None
