@@ -212,54 +212,83 @@ class CrossbarBackend(abc.ABC):
         *,
         n_reads: int = 1,
         max_pulses_per_iter: int = 32,
+        freeze: bool = False,
+        confirm_reads: int = 0,
+        confirm_passes: int = 2,
     ) -> ProgramReport:
         """Closed-loop write-verify of ``target`` ``[rows, cols]`` (normalized units).
 
         Each round reads the array (``n_reads`` averaged reads), and gives every
         device outside ``tol`` a signed pulse count estimated from its error and
-        its own measured step size (learned from the previous round).  Devices
+        its own measured step size (learned from the previous rounds), at most
+        ``max_pulses_per_iter`` (and the backend's ``max_pulses_per_call``).  Devices
         inside ``tol`` are left alone.  Stops when all are inside ``tol`` or after
-        ``max_iter`` rounds, and reports honestly how many did not make it
-        (stuck or too noisy devices).
+        ``max_iter`` rounds, and reports honestly how many did not make it (stuck or
+        too noisy devices).  Only :meth:`read` and :meth:`pulse` are used, so the same
+        loop runs on every backend.
+
+        ``freeze=True`` is the program-and-verify rule of the bench: a device whose
+        verify read falls inside ``tol`` is done and gets no further pulse.  Use it on
+        devices whose single-pulse noise exceeds ``tol`` (e.g. ``pcm-noisy``): without it a
+        converged device that one noisy verify read puts outside ``tol`` is pulsed again,
+        and such a pulse can throw it far off (docs/extraction.md).  ``confirm_reads > 0``
+        (with ``freeze``): when every device is done, one read of ``confirm_reads``
+        averaged reads re-examines the frozen devices and reopens those outside ``tol``
+        (false passes of a noisy verify read), at most ``confirm_passes`` times; the
+        confirmation reads are the report's last reads.
         """
         self._check_open()
         where = f"{type(self).__name__}.program"
         target = check_matrix(target, "target", self.shape, device=self.device, where=where)
         tol = check_scalar(tol, "tol", where=where, positive=True)
-        if int(max_iter) < 0:
-            raise ValueError(f"{where}: max_iter must be >= 0, got {max_iter}")
+        for name, value, least in (("max_iter", max_iter, 0), ("n_reads", n_reads, 1),
+                                   ("max_pulses_per_iter", max_pulses_per_iter, 1),
+                                   ("confirm_reads", confirm_reads, 0), ("confirm_passes", confirm_passes, 0)):
+            if int(value) < least:
+                raise ValueError(f"{where}: {name} must be >= {least}, got {value}")
         self.counts.program_calls += 1
         info = self.info
         limit = info.max_pulses_per_call
         cap = int(max_pulses_per_iter) if limit is None else min(int(max_pulses_per_iter), limit)
         target = target.to(torch.float32)
         step = torch.full(self.shape, info.dw_min, device=self.device)
-        pulses = 0
-        reads = 0
+        done = torch.zeros(self.shape, dtype=torch.bool, device=self.device)
         w = self.read(n_reads)
-        reads += n_reads
-        iterations = 0
-        for _ in range(int(max_iter)):
-            err = target - w
-            todo = err.abs() > tol
-            if not bool(todo.any()):
+        reads, pulses, iterations, confirms = int(n_reads), 0, 0, 0
+        while True:
+            while iterations < int(max_iter):
+                err = target - w
+                inside = err.abs() <= tol
+                if freeze:
+                    done |= inside
+                todo = ~(done | inside)
+                if not bool(todo.any()):
+                    break
+                iterations += 1
+                n = torch.round(err / step).clamp(-cap, cap)
+                n = torch.where(todo & (n == 0), torch.sign(err), n)
+                n = torch.where(todo, n, torch.zeros_like(n)).to(torch.int64)
+                self.pulse(n)
+                pulses += int(n.abs().sum())
+                w_new = self.read(n_reads)
+                reads += int(n_reads)
+                moved = n != 0
+                # per-device step estimate from what the pulses actually did: only where at
+                # least 2 pulses moved the weight the intended way by more than read noise would
+                nf = torch.where(moved, n, torch.ones_like(n)).to(w.dtype)
+                measured = (w_new - w) / nf
+                ok = moved & (measured > 0.2 * info.dw_min) & (n.abs() >= 2)
+                step = torch.where(ok, 0.5 * step + 0.5 * measured.clamp(max=10 * info.dw_min), step)
+                w = w_new
+            if not (freeze and int(confirm_reads) > 0) or confirms >= int(confirm_passes):
                 break
-            iterations += 1
-            n = torch.round(err / step).clamp(-cap, cap)
-            n = torch.where(todo & (n == 0), torch.sign(err), n)
-            n = torch.where(todo, n, torch.zeros_like(n)).to(torch.int64)
-            self.pulse(n)
-            pulses += int(n.abs().sum())
-            w_new = self.read(n_reads)
-            reads += n_reads
-            moved = n != 0
-            # per-device step estimate from what the pulses actually did: only where the
-            # pulses moved the weight the intended way by more than read noise would
-            nf = torch.where(moved, n, torch.ones_like(n)).to(w.dtype)
-            measured = (w_new - w) / nf
-            ok = moved & (measured > 0.2 * info.dw_min) & (n.abs() >= 2)
-            step = torch.where(ok, 0.5 * step + 0.5 * measured.clamp(max=10 * info.dw_min), step)
-            w = w_new
+            confirms += 1
+            w = self.read(confirm_reads)
+            reads += int(confirm_reads)
+            reopen = done & ((target - w).abs() > tol)
+            if not bool(reopen.any()) or iterations >= int(max_iter):
+                break
+            done &= ~reopen
         err = target - w
         inside = err.abs() <= tol
         return ProgramReport(
