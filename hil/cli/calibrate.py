@@ -41,6 +41,10 @@ def _g_range(text: str | None) -> tuple[float, float] | None:
 @click.option("--normalize", default="auto", show_default=True, type=click.Choice(["auto", "pooled", "per-device"]), help="one conductance range for all devices, or one per device")
 @click.option("--final-fit", default="all", show_default=True, type=click.Choice(["all", "train"]), help="refit the chosen model on all rows, or keep the fit on the fitting rows")
 @click.option("--table-nodes", default=10, show_default=True, type=click.IntRange(3, 200))
+@click.option("--write-noise", default="auto", show_default=True, type=click.Choice(["auto", "off"]),
+              help="also fit a non-accumulating write-noise offset (kept only where the data determine it and BIC falls)")
+@click.option("--chunk", default=None, type=click.IntRange(8, None),
+              help="cut runs longer than this many reads into chunks for the filter (default: the pipeline's)")
 @click.option("-O", "--import-option", "import_options", multiple=True, help="importer option KEY=VALUE (repeatable)")
 @click.option("--export", default=None, type=click.Path(dir_okay=False, path_type=Path), help="also write the imported measurements as a schema CSV")
 @click.option("--replay-check/--no-replay-check", default=True, show_default=True, help="replay the held-out rows on the simulator and score them")
@@ -59,6 +63,8 @@ def calibrate(
     normalize: str,
     final_fit: str,
     table_nodes: int,
+    write_noise: str,
+    chunk: int | None,
     import_options: tuple[str, ...],
     export: Path | None,
     replay_check: bool,
@@ -97,6 +103,8 @@ def calibrate(
             table_nodes=table_nodes,
             final_fit=final_fit,  # type: ignore[arg-type]
             name=name or measurements.stem,
+            write_noise=write_noise,  # type: ignore[arg-type]
+            **({} if chunk is None else {"chunk": chunk}),
         )
         run = calibrate_path(measurements, fmt, _pairs(import_options), cfg, replay=replay_check, seed=seed,
                              fit_samples=fit_samples)
@@ -129,6 +137,8 @@ def calibrate(
     click.echo(f"chosen {cal.chosen}: {params}; c2c {m.variation.c2c:.3g}, read noise {m.read_noise:.3g}, "
                f"d2d {{{', '.join(f'{k}: {v:.3g}' for k, v in m.variation.d2d.items())}}}")
     s = m.provenance.get("summary", {})
+    if m.variation.write_noise > 0:
+        click.echo(f"write noise {m.variation.write_noise:.3g} (correlation per pulse {m.variation.write_noise_rho:.3g})")
     click.echo(f"symmetry point {s.get('symmetry_point', float('nan')):.4g}, dw_min {s.get('dw_min', float('nan')):.4g}, "
                f"states {s.get('n_states', float('nan')):.4g}")
     if cal.replay is not None:
