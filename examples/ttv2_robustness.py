@@ -13,6 +13,7 @@ a validation split (docs/training.md).  The study itself is hil.training.robustn
     python examples/ttv2_robustness.py --quick --json quick.json    # < 5 min on 2 cores
     python examples/ttv2_robustness.py --json full.json             # the full grid (slow)
     python examples/ttv2_robustness.py --networks cnn --base-only   # the CNN at the base point
+    python examples/ttv2_robustness.py --quick --preset noise       # TTv2 / c-TTv2 noise preset
 
 JSON: {"fp_sgd": <accuracy>, "results": [{"algorithm": "analog_sgd"|"tt"|"ttv2"|"cttv2",
 "states", "c2c", "read_noise", "accuracy_mean", "accuracy_std"}, ...]} for the MLP; the CNN
@@ -41,6 +42,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--jobs", type=int, default=2, help="worker processes (1 torch thread each)")
+    p.add_argument("--preset", default=None,
+                   help="settings preset of hil.training.digits.PRESETS (e.g. noise) instead of the "
+                        "recommended ones, for the algorithms it covers")
     args = p.parse_args(argv)
     report = run_robustness(
         quick=args.quick,
@@ -49,6 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
         epochs=args.epochs,
         jobs=args.jobs,
         base_only=args.base_only,
+        preset=args.preset,
         command="python examples/ttv2_robustness.py " + " ".join(argv),
     )
     print(f"total {report['meta']['seconds']:.0f} s")

@@ -387,6 +387,19 @@ def test_recommended_settings_cover_every_network_and_algorithm() -> None:
         model = convert_to_analog(digits_network(net), out_scale=OUT_SCALE[net])
         assert [m.out_scale for _, m in analog_layers(model)] == OUT_SCALE[net]
     assert RECOMMENDED["cnn"] is not RECOMMENDED["mlp"]
+    # named presets apply on top of the recommended settings, for the algorithms they cover
+    from hil.training.digits import PRESETS
+    from hil.training.robustness import run_robustness
+
+    for alg, over in PRESETS["noise"]["mlp"].items():
+        cfg = recommended_config(alg, "mlp", preset="noise")
+        assert all(getattr(cfg, k) == v for k, v in over.items())
+        assert cfg.zero_shift_reads == recommended_config(alg, "mlp").zero_shift_reads
+    assert recommended_config("tt", "mlp", preset="noise") == recommended_config("tt", "mlp")
+    with pytest.raises(ValueError, match="unknown preset"):
+        recommended_config("ttv2", "mlp", preset="quiet")
+    with pytest.raises(ValueError, match="unknown preset"):
+        run_robustness(networks=["mlp"], seeds=1, epochs=1, jobs=1, log=None, preset="quiet")
     assert plan(False, ["cnn"], base_only=True) == [("cnn", a, BASE) for a in ALGORITHMS]
 
 

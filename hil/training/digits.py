@@ -42,12 +42,12 @@ RECOMMENDED: dict[str, dict[str, dict[str, Any]]] = {
         "analog_sgd": {"lr": 0.2, "schedule": "cosine", "final_lr_fraction": 0.0},
         "tt": {"lambda_A": 1.0, "transfer_lr": 0.05, "n_s": 2, "transfer_columns": 2, "lr": 2.0,
                "schedule": "cosine", "final_lr_fraction": 0.0},
-        "ttv2": {"lambda_A": 80.0, "lambda_A_unit": "pulses", "lambda_H": 0.2, "n_s": 2,
+        "ttv2": {"lambda_A": 80.0, "lambda_A_unit": "pulses", "lambda_H": 0.1, "n_s": 2,
                  "transfer_columns": 2, "threshold": 1.0, "max_pulses": None, "max_step": 0.2,
-                 "zero_shift_reads": 200, "lr": 2.0, "schedule": "cosine", "final_lr_fraction": 0.0},
-        "cttv2": {"lambda_A": 80.0, "lambda_A_unit": "pulses", "lambda_H": 0.2, "n_s": 2,
+                 "zero_shift_reads": 500, "lr": 2.0, "schedule": "cosine", "final_lr_fraction": 0.0},
+        "cttv2": {"lambda_A": 80.0, "lambda_A_unit": "pulses", "lambda_H": 0.1, "n_s": 2,
                   "transfer_columns": 2, "threshold": 1.0, "max_pulses": None, "max_step": 0.3,
-                  "zero_shift_reads": 50, "lr": 2.0, "schedule": "cosine", "final_lr_fraction": 0.0,
+                  "zero_shift_reads": 500, "lr": 2.0, "schedule": "cosine", "final_lr_fraction": 0.0,
                   "in_chop_prob": 0.1, "in_chop_states": 20.0},
     },
 }
@@ -63,6 +63,15 @@ RECOMMENDED["cnn"] = {
     "cttv2": {"lambda_A": 2.0, "lambda_H": 0.1, "n_s": 2, "transfer_columns": 2, "threshold": 1.0,
               "max_pulses": 2, "lr": 0.5, "schedule": "cosine", "final_lr_fraction": 0.0,
               "in_chop_prob": 0.1},
+}
+
+# Named alternatives to RECOMMENDED, applied on top of it (algorithms without an entry keep
+# the recommended settings).  "noise": TTv2 / c-TTv2 tuned on the validation split at
+# c2c 3 instead of 1 (a slower transfer averages more of A's noise; docs/training.md).
+PRESETS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
+    "noise": {
+        "mlp": {"ttv2": {"lambda_H": 0.05}, "cttv2": {"lambda_H": 0.05}},
+    },
 }
 
 # Fixed digital output factor per analog layer (effective weight = out_scale * W): the
@@ -112,12 +121,19 @@ def digits_periphery(read_noise: float = 0.06) -> Any:
     return PeripheryConfig(out_noise=read_noise)
 
 
-def recommended_config(algorithm: str, network: Network = "mlp", **overrides: Any) -> TrainingConfig:
-    """:class:`TrainingConfig` with the tuned settings of ``RECOMMENDED`` (and ``overrides``)."""
+def recommended_config(
+    algorithm: str, network: Network = "mlp", preset: str | None = None, **overrides: Any
+) -> TrainingConfig:
+    """:class:`TrainingConfig` with the tuned settings of ``RECOMMENDED``, then those of
+    ``PRESETS[preset]`` for this network and algorithm (if any), then ``overrides``."""
     try:
         tuned = dict(RECOMMENDED[network][algorithm])
     except KeyError:
         raise ValueError(f"no recommended settings for network {network!r}, algorithm {algorithm!r}") from None
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
+        tuned.update(PRESETS[preset].get(network, {}).get(algorithm, {}))
     tuned.update(overrides)
     return TrainingConfig(algorithm=algorithm, **tuned)
 
@@ -235,6 +251,7 @@ def train_digits(
     resume: bool = False,
     out_scale: list[float] | float | None = None,
     role_device: dict[str, dict[str, float]] | None = None,
+    preset: str | None = None,
     **overrides: Any,
 ) -> DigitsResult:
     """Train the digits ``network`` with ``algorithm`` on simulated arrays; returns the test accuracy.
@@ -243,7 +260,8 @@ def train_digits(
     (floating point, no arrays).  ``overrides`` replace fields of the recommended
     :class:`TrainingConfig` (e.g. ``lambda_H=0.05``).  ``role_device`` (diagnostics)
     gives one array role other :func:`digits_device` arguments, e.g.
-    ``{"A": {"c2c": 0.0}}`` for a noise-free A.  With ``progress`` a tqdm
+    ``{"A": {"c2c": 0.0}}`` for a noise-free A.  ``preset``: a name of ``PRESETS``
+    (see :func:`recommended_config`).  With ``progress`` a tqdm
     bar shows the steps.  Example (what ``hil demo`` runs)::
 
         from hil.training import train_digits
@@ -258,7 +276,7 @@ def train_digits(
     over["seed"] = seed
     if epochs is not None:
         over["epochs"] = epochs
-    cfg = recommended_config(algorithm, network, **over)
+    cfg = recommended_config(algorithm, network, preset=preset, **over)
     torch.manual_seed(seed)
     scale = OUT_SCALE[network] if out_scale is None else out_scale
     model = convert_to_analog(digits_network(network), out_scale=scale)

@@ -72,18 +72,20 @@ def plan(quick: bool, networks: list[str], base_only: bool = False) -> list[tupl
     return jobs
 
 
-def _run(task: tuple[str, str, dict[str, float], int, int]) -> tuple[str, str, dict[str, float], int, float, float]:
+def _run(
+    task: tuple[str, str, dict[str, float], int, int, str | None],
+) -> tuple[str, str, dict[str, float], int, float, float]:
     import torch
 
     torch.set_num_threads(1)
     from hil.training import train_digits
 
-    net, alg, point, seed, epochs = task
+    net, alg, point, seed, epochs, preset = task
     t = time.perf_counter()
     if alg == "fp_sgd":
         acc = train_digits("fp_sgd", net, seed=seed, epochs=epochs).test_accuracy
     else:
-        acc = train_digits(alg, net, seed=seed, epochs=epochs, **point).test_accuracy
+        acc = train_digits(alg, net, seed=seed, epochs=epochs, preset=preset, **point).test_accuracy
     return net, alg, point, seed, float(acc), time.perf_counter() - t
 
 
@@ -97,14 +99,22 @@ def run_robustness(
     command: str = "",
     base_only: bool = False,
     first_seed: int = 0,
+    preset: str | None = None,
 ) -> dict[str, Any]:
     """Run the study (see the module doc); ``jobs`` worker processes with 1 torch thread each.
     ``base_only``: every algorithm at the base point only (no axes); seeds
-    ``first_seed .. first_seed + seeds - 1``."""
+    ``first_seed .. first_seed + seeds - 1``; ``preset``: a name of
+    :data:`hil.training.digits.PRESETS` applied to every algorithm it has settings for."""
+    from hil.training.digits import PRESETS
+
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
     networks = networks or (["mlp"] if quick else ["mlp", "cnn"])
     seed_list = list(range(first_seed, first_seed + seeds))
-    tasks = [(net, "fp_sgd", {}, s, epochs) for net in networks for s in seed_list]
-    tasks += [(net, alg, pt, s, epochs) for net, alg, pt in plan(quick, networks, base_only) for s in seed_list]
+    tasks = [(net, "fp_sgd", {}, s, epochs, None) for net in networks for s in seed_list]
+    tasks += [
+        (net, alg, pt, s, epochs, preset) for net, alg, pt in plan(quick, networks, base_only) for s in seed_list
+    ]
     say = log or (lambda _msg: None)
     t0 = time.perf_counter()
     say(f"{len(tasks)} training runs on {jobs} worker(s), 1 torch thread each")
@@ -124,6 +134,7 @@ def run_robustness(
     report: dict[str, Any] = {}
     meta: dict[str, Any] = {
         "command": command, "epochs": epochs, "batch_size": 10, "seeds": seed_list, "base": BASE,
+        "preset": preset,
         "axes": {} if base_only else {"c2c": AXES["c2c"]} if quick else AXES, "base_only": base_only, "runs": [], "fp_sgd_std": {},
     }
     for net in networks:
