@@ -33,7 +33,7 @@ def _tiny() -> CorrectNetConfig:
         comp_train=TrainCompensationConfig(steps=15, n_samples=2),
         table_train=TrainCompensationConfig(steps=5, n_samples=2),
         search_train=TrainCompensationConfig(steps=5, n_samples=2),
-        reward=RewardConfig(n_samples=2, budget=0.05),
+        reward=RewardConfig(n_samples=2, refine_samples=2, budget=0.05),
         agent=AgentConfig(episodes=32, batch_episodes=8, max_evaluations=3, refine_top=1, max_refinements=2),
         sensitivity_samples=2,
     )

@@ -32,12 +32,12 @@ def test_study_on_a_tiny_network() -> None:
         comp_train=TrainCompensationConfig(steps=10, n_samples=2),
         table_train=TrainCompensationConfig(steps=5, n_samples=2),
         search_train=TrainCompensationConfig(steps=5, n_samples=2),
-        reward=RewardConfig(n_samples=2),
+        reward=RewardConfig(n_samples=2, refine_samples=2),
         agent=AgentConfig(episodes=32, batch_episodes=8, max_evaluations=4, refine_top=1, max_refinements=2),
         sensitivity_samples=2,
     )
     report = placement_study(
-        StudyConfig(correctnet=net, budgets=[0.05, 0.02], search_seeds=[0, 1], rank_sample=4)
+        StudyConfig(correctnet=net, budgets=[0.05, 0.02], search_seeds=[0, 1], rank_sample=4, test_samples=3)
     )
     assert [b.budget for b in report.budgets] == [0.05, 0.02]
     for b in report.budgets:

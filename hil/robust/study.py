@@ -12,8 +12,9 @@ and sensitivities, :func:`~hil.robust.pipeline.prepare`) and, for each budget:
   exactly what it would be alone, only the compute is shared;
 - measures every resulting placement on the test set: blocks trained with the
   final recipe (``comp_train``) on the whole training set at sigma_star, Monte-Carlo
-  accuracy on the **same** test chips for every placement, so differences are
-  paired chip by chip (mean and standard error of the per-chip difference);
+  accuracy on the **same** ``test_samples`` test chips for every placement, so
+  differences are paired chip by chip (mean and standard error of the per-chip
+  difference);
 - measures how faithfully the rewards rank placements: Spearman rank correlation
   of the cheap reward, the refined reward and the test accuracy over a uniform
   random sample of the placements that fit the first budget (the test accuracies of
@@ -78,6 +79,9 @@ class StudyConfig(HilModel):
         True,
         description="also score the sample with the previous cheap reward (the same steps at the constant "
         "lr 1e-2 of the final recipe, 10 validation chips) to show what the current one changes",
+    )
+    test_samples: int = Field(
+        100, ge=2, description="test chips per placement (the same for all: paired); the tables use n_samples"
     )
     sample_seed: int = 0
     tie_se: float = Field(
@@ -223,7 +227,7 @@ def placement_study(
             else:
                 m = add_compensation(prep.lip, list(key), net.compensation, seed=net.seed)
                 train_compensation(m, prep.x_tr, prep.y_tr, at_star, net.comp_train)
-            tests[key] = monte_carlo_accuracy(m, prep.x_te, prep.y_te, at_star, net.n_samples, _SEED_TEST)
+            tests[key] = monte_carlo_accuracy(m, prep.x_te, prep.y_te, at_star, cfg.test_samples, _SEED_TEST)
         return tests[key]
 
     studies: list[BudgetStudy] = []
