@@ -9,7 +9,9 @@ Steps (each documented in docs/calibration.md):
 4. for every candidate step model: a pooled fit, then per-device fits, on the
    fitting rows; BIC and AIC from the per-device fit, and the held-out negative
    log-likelihood (each held-out read predicted from all earlier reads);
-5. selection: candidates whose parameters the data do not determine are rejected
+5. selection: a hard bound (``constant``, ``table``) that the reads never reach is not
+   determined by them and is set at the extreme reads (:func:`bounds_at_reads`);
+   candidates whose parameters the data do not determine are rejected
    (:func:`undetermined_parameters`: a relative standard error above 100 %, a value at
    a limit of the optimizer's box, or a bound of a state-dependent model more than
    one data span beyond the reads); among the others, the lowest BIC among the
@@ -34,7 +36,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -86,6 +88,14 @@ BOUND_SPANS = 1.0
 # data (the degenerate fits this rejects are off by factors of 10 to 1000; weak but real signals,
 # e.g. the HfO2 step sizes under its large noise, sit at 50-90 %)
 UNDETERMINED_MODEL = 1.0
+# step models whose bounds are hard clamps only (the step does not depend on them): such a bound
+# is determined by the data only where the reads reach it; one the reads never reach is set at
+# the extreme reads (READ_EXTREME_Q-th and 100 - READ_EXTREME_Q-th percentile)
+HARD_BOUND_KINDS = ("constant", "table")
+READ_EXTREME_Q = 0.5
+# ... unless the data reject the bound there: the NLL rises by more than this (one parameter,
+# likelihood ratio at about 5 %: chi2(1) 3.84 / 2)
+BOUND_NATS = 2.0
 BOX_EDGE = 1e-2  # a value within this fraction of a box limit's magnitude from it is "at" the limit
 # the write-noise offset's memory (-1 / ln rho pulses) must be below this fraction of the longest
 # contiguous run: the data must hold several memories to tell it from a per-run shift
@@ -136,6 +146,10 @@ class CandidateScore(HilModel):
     converged: bool
     determined: bool = True
     undetermined: list[str] = Field(default_factory=list)
+    bounds_at_reads: list[str] = Field(
+        default_factory=list,
+        description="hard bounds (constant, table) the fitting reads never reach, set at the extreme reads",
+    )
     write_noise: bool = False
     write_noise_fit: dict[str, Any] | None = Field(
         None, description="the pooled fit with the write-noise offset: BIC gain, values, why not used"
@@ -337,6 +351,98 @@ def device_extremes(seq: Sequences, score: np.ndarray, q: float = 0.5) -> tuple[
         y = y if len(y) else all_y
         lo[d], hi[d] = np.percentile(y, [q, 100 - q])
     return lo, hi
+
+
+def read_extremes(
+    seq: Sequences, score: np.ndarray, per_device: bool, q: float = READ_EXTREME_Q
+) -> tuple[np.ndarray, np.ndarray]:
+    """The range the devices were measured in: the ``q``-th and ``100 - q``-th percentile of the
+    reads a fit on ``score [S, T]`` sees (its scored reads and the first read of each of their
+    sequences, from which they start; ``q`` = 0: the extreme reads), pooled (arrays of length 1)
+    or per device (length D; pooled for a device without scored reads)."""
+    qs = [q, 100 - q]
+    score = score | (seq.reset & seq.valid & score.any(axis=1, keepdims=True))
+    lo_all, hi_all = np.percentile(seq.y[score], qs)
+    if not per_device:
+        return np.array([lo_all]), np.array([hi_all])
+    lo = np.full(seq.n_devices, lo_all)
+    hi = np.full(seq.n_devices, hi_all)
+    for d in range(seq.n_devices):
+        y = seq.y[(seq.device == d)[:, None] & score]
+        if len(y):
+            lo[d], hi[d] = np.percentile(y, qs)
+    return lo, hi
+
+
+def bounds_at_reads(fam: Family, seq: Sequences, score: np.ndarray, fit: FitResult) -> tuple[FitResult, list[str]]:
+    """Hard bounds the data never reach, set at the extreme reads (``constant``, ``table``).
+
+    A hard bound only clamps: the step does not depend on it, so the likelihood of reads that
+    never reach it is flat in it (its standard error is not finite) and the optimizer leaves it
+    anywhere beyond the data (14.8 for the upper bound of the HfO2 file's fitting rows, whose
+    reads end at 0.89).  A bound beyond the range of the reads the fit saw
+    (:func:`read_extremes`: percentiles ``READ_EXTREME_Q`` and ``100 - READ_EXTREME_Q``, per
+    device for a per-device fit) is moved to that extreme unless the data reject it there:
+    the NLL of the device's reads (the fit's, for a pooled fit) rises by more than
+    ``BOUND_NATS`` (a likelihood-ratio test of one parameter at about 5 %), as when a sweep
+    starts below the 0.5th percentile of its reads or touches the bound at its last pulses
+    only.  Then the extreme read itself is tried the same way; a bound that the data reject
+    there too lies where the reads reach it and is kept.  A bound so set is not determined by
+    the data: its standard error is set to infinity (a per-device fit's nominal bound then
+    comes from the devices that reached it, see :func:`_summarize`), and the simulated device
+    does not go beyond the range the device was measured in.  The fit's NLL is recomputed
+    with the bounds it carries.  Returns the fit and one line per bound that was set.  Other
+    step models are returned unchanged: their bounds shape every step, and
+    :func:`undetermined_parameters` rejects them when the data do not determine them.
+    """
+    if fam.kind not in HARD_BOUND_KINDS or "w_min" not in fit.values or "w_min" not in fam.names:
+        return fit, []
+    per = len(fit.values["w_min"]) > 1
+    present = seq.device_rows(score) if per else np.ones(1, dtype=bool)
+    extremes = [(q, read_extremes(seq, score, per, q)) for q in (READ_EXTREME_Q, 0.0)]
+    cur = fit
+    nll_dev = device_nll(fam, seq, cur, score)
+    se = {k: v.copy() for k, v in fit.se.items()}
+    lines: list[str] = []
+    for name, side in (("w_min", "lowest"), ("w_max", "highest")):
+        fitted = cur.values[name].copy()
+        set_at = np.full(len(fitted), np.nan)
+        cost_at = np.zeros(len(fitted))
+        what = np.full(len(fitted), "", dtype=object)
+        for q, (lo, hi) in extremes:
+            ext = np.minimum(lo, -2e-3) if name == "w_min" else np.maximum(hi, 2e-3)
+            beyond = present & np.isnan(set_at) & ((fitted < ext) if name == "w_min" else (fitted > ext))
+            if not beyond.any():
+                continue
+            values = {k: a.copy() for k, a in cur.values.items()}
+            values[name][beyond] = ext[beyond]
+            nll_trial = device_nll(fam, seq, replace(cur, values=values), score)
+            cost = nll_trial - nll_dev if per else np.array([float((nll_trial - nll_dev).sum())])
+            take = beyond & (cost <= BOUND_NATS)
+            if not take.any():
+                continue
+            values = {k: a.copy() for k, a in cur.values.items()}
+            values[name][take] = ext[take]
+            cur = replace(cur, values=values)
+            nll_dev = device_nll(fam, seq, cur, score)
+            set_at[take], cost_at[take] = ext[take], cost[take]
+            what[take] = f"percentile {q if name == 'w_min' else 100 - q:g}"
+        took = ~np.isnan(set_at)
+        if not took.any():
+            continue
+        if name in se:
+            se[name][took] = np.inf
+        where = f"{int(took.sum())} of {int(present.sum())} devices" if per else "the fit"
+        shown = np.nonzero(took)[0][:4]
+        more = ", ..." if took.sum() > 4 else ""
+        lines.append(
+            f"{name}: not reached by the reads ({where}; fitted {', '.join(f'{fitted[i]:.4g}' for i in shown)}{more}): "
+            f"set at the {side} reads, {', '.join(f'{set_at[i]:.4g} ({what[i]})' for i in shown)}{more}; "
+            f"NLL change {float(cost_at[took].max()):+.3g} nats at most"
+        )
+    if not lines:
+        return fit, []
+    return replace(cur, se=se, nll=float(nll_dev.sum())), lines
 
 
 def write_noise_undetermined(fit: FitResult, longest_run: int | None = None) -> list[str]:
@@ -600,10 +706,12 @@ def undetermined_parameters(
     ``table`` is :func:`_summarize`'s parameter table (the values that go into the device
     model, with their standard errors); ``free`` the parameters that were fitted (others,
     e.g. the scales of a single-device table, are fixed and skipped).  Checked parameters: every step parameter of
-    ``softbounds``, ``linear``, ``pow`` and ``exp`` (their bounds shape the step, so they
-    must be determined even where the reads never reach them); the step scales of
-    ``constant`` and ``table`` (their bounds are hard clamps, set at the extreme reads when
-    the data never reach them; a table's nodes sit on the visited states).  Rules:
+    ``softbounds``, ``linear``, ``pow`` and ``exp`` (their bounds shape the step, so the
+    step's dependence on the state can determine them where the reads do not reach them,
+    and must); the step scales of ``constant`` and ``table`` (their bounds are hard clamps:
+    determined only where the reads reach them, and set at the extreme reads where they do
+    not, by :func:`bounds_at_reads` before this check; a table's nodes sit on the visited
+    states).  Rules:
 
     - relative standard error above ``UNDETERMINED_MODEL`` (100 %: the data do not tell the
       value from zero; an exponent's error is compared with ``max(|gamma|, 1)``), or not finite;
@@ -799,6 +907,9 @@ def _calibrate(ms: MeasurementSet, config: CalibrationConfig | None, fmt: str) -
         base = initial_values(fam, seq, train, read_fixed)
         init = _chain_init(kind, base, pooled_fits)
         pooled, per, winfo = _fit_pair(fam, seq, train, init, read_fixed, cfg.max_nfev, cfg.write_noise)
+        pooled, bound_lines = bounds_at_reads(fam, seq, train, pooled)
+        if per is not None:
+            per, bound_lines = bounds_at_reads(fam, seq, train, per)
         fams[kind], pooled_fits[kind], per_fits[kind] = fam, pooled, per
         best = per if per is not None else pooled
         table = kind == "table"
@@ -822,6 +933,7 @@ def _calibrate(ms: MeasurementSet, config: CalibrationConfig | None, fmt: str) -
             converged=bool(pooled.success and (per is None or per.success)),
             write_noise=best.write_noise,
             write_noise_fit=jsonable(winfo) if winfo.get("tried") else None,
+            bounds_at_reads=bound_lines,
         )
         _, _, cand_table = _summarize(fam, pooled, per, seq.device_rows(train))
         free = set(pooled.se) | (set(per.se) if per is not None else set())
@@ -866,6 +978,7 @@ def _calibrate(ms: MeasurementSet, config: CalibrationConfig | None, fmt: str) -
     train_model = build_device_model(fam, nominal_t, d2d_t, mapping, cfg.name, description + " (fitting rows)")
     t2 = time.perf_counter()
     refit_kept = True
+    chosen_bounds = list(scores[chosen].bounds_at_reads)
     if cfg.final_fit == "all" and held.any():
         start = {k: v[0] for k, v in train_pooled.values.items()}
         train_last = train_per if train_per is not None else train_pooled
@@ -874,6 +987,9 @@ def _calibrate(ms: MeasurementSet, config: CalibrationConfig | None, fmt: str) -
         final_pooled, final_per, _ = _fit_pair(
             fam, seq, all_rows, [start], read_fixed, cfg.max_nfev, "on" if train_last.write_noise else "off"
         )
+        final_pooled, final_bounds = bounds_at_reads(fam, seq, all_rows, final_pooled)
+        if final_per is not None:
+            final_per, final_bounds = bounds_at_reads(fam, seq, all_rows, final_per)
         all_mask = seq.device_rows(all_rows)
         _, _, refit_table = _summarize(fam, final_pooled, final_per, all_mask)
         free = set(final_pooled.se) | (set(final_per.se) if final_per is not None else set())
@@ -894,6 +1010,7 @@ def _calibrate(ms: MeasurementSet, config: CalibrationConfig | None, fmt: str) -
             refit_kept = False
         else:
             device_mask = all_mask
+            chosen_bounds = final_bounds
     else:
         final_pooled, final_per = train_pooled, train_per
         refit_kept = cfg.final_fit == "all"
@@ -903,6 +1020,11 @@ def _calibrate(ms: MeasurementSet, config: CalibrationConfig | None, fmt: str) -
     summary = model_summary(model)
     scale = float(mapping.scale()[0])
     notes = list(ms.notes) + selection_notes
+    if chosen_bounds:
+        notes.append(
+            f"{chosen}: a hard bound that the reads never reach is not determined by them; it is set at the "
+            "extreme reads, so the simulated device stays within the measured range: " + "; ".join(chosen_bounds)
+        )
     if unit == "pulses":
         notes.append(
             "every device has a single cycle: the held-out rows are the last "

@@ -104,6 +104,9 @@ def text_summary(cal: Calibration, reference: dict[str, Any] | None = None) -> s
     for c in cal.candidates:
         if not c.determined:
             lines.append(f"  {c.model} not determined by the data: " + "; ".join(c.undetermined))
+        if c.bounds_at_reads:
+            lines.append(f"  {c.model}: hard bound not reached by the fitting reads, set at the extreme reads: "
+                         + "; ".join(c.bounds_at_reads))
     lines.append(
         "  chosen: the lowest BIC among determined models whose held-out NLL is within the margin of the best "
         "determined model's"

@@ -180,10 +180,9 @@ def test_calibrate_cli(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     assert "held-out replay" in r.output and "device model written" in r.output
     m = DeviceModel.load(out)
-    from hil.calibration.workflow import REPLAY_ROWS, REPLAYS
+    from hil.calibration.workflow import replay_count
 
-    expected = int(min(max(REPLAY_ROWS // len(ms), 8), REPLAYS))
-    assert m.step.model == "softbounds" and m.provenance["replay_check"]["replays"] == expected
+    assert m.step.model == "softbounds" and m.provenance["replay_check"]["replays"] == replay_count(ms)
     assert (tmp_path / "rep" / "report.png").is_file()
     r = CliRunner().invoke(cli, ["calibrate", str(tmp_path / "dev.json"), "-o", str(tmp_path / "x.json")])
     assert r.exit_code != 0 and "no importer recognises" in r.output
@@ -218,21 +217,101 @@ def test_gong_calibration(shared_data: Path, tmp_path: Path) -> None:
     v = m.variation
     assert 0.5 * m.read_noise < v.write_noise < 2 * m.read_noise
     assert 0.5 < v.write_noise_rho < 0.99
+    # the bounds: the measured device never left [-1.04, 1.04] (percentiles 0.5 and 99.5 of its
+    # reads, normalized); a hard bound the reads never reach is not determined by them and is
+    # set at the extreme reads, so the simulated device stays in the measured range (before, the
+    # unreached upper bound of the constant model was left at 12.8)
+    from hil.calibration.measurements import load_measurements
+
+    g = load_measurements(tmp_path / "g.csv").conductance
+    c = m.conductance
+    w = c.w_min + (g - c.g_min_s) / (c.g_max_s - c.g_min_s) * (c.w_max - c.w_min)
+    lo, hi = np.percentile(w, [0.5, 99.5])
+    assert lo - 1e-9 <= m.step.w_min < m.step.w_max <= hi + 1e-9, (m.step, lo, hi)
     assert time.process_time() - t0 < 60
+
+
+def test_hard_bounds_the_reads_never_reach_are_set_at_the_extreme_reads() -> None:
+    """``constant``/``table`` bounds beyond the reads are set at the 0.5th / 99.5th percentile of the
+    reads the fit saw (per device for per-device fits) unless the data reject that value (the
+    NLL rises by more than 2 nats: the reads reach the bound), marked undetermined (standard
+    error inf), and the fit's NLL is recomputed; bounds inside the reads, and the bounds of
+    state-dependent models, are left alone."""
+    from dataclasses import replace
+
+    from hil.calibration.filter import Sequences
+    from hil.calibration.fit import FitResult, device_nll
+    from hil.calibration.measurements import MeasurementSet
+    from hil.calibration.pipeline import BOUND_NATS, bounds_at_reads
+
+    rng = np.random.default_rng(0)
+    n = 200
+    # a: climbs to its bound 0.9 and stays there; b: climbs from -0.5 to 0.5 only (no bound in
+    # sight); c: climbs to its bound 0.9 and touches it at the last pulse only (read noise 0.002)
+    wa = np.minimum(np.linspace(-0.9, 1.4, n), 0.9) + 0.01 * rng.standard_normal(n)
+    wb = np.linspace(-0.5, 0.5, n) + 0.01 * rng.standard_normal(n)
+    wc = np.linspace(-0.9, 0.9, n) + 0.002 * rng.standard_normal(n)
+    w = np.concatenate([wa, wb, wc])
+    ms = MeasurementSet(device=np.repeat(np.array(["a", "b", "c"], dtype=object), n),
+                        cycle=np.zeros(3 * n, dtype=np.int64), pulse=np.tile(np.arange(n), 3),
+                        polarity=np.ones(3 * n, dtype=np.int8), conductance=1e-6 * (2 + w))
+    seq = Sequences.build(ms, w)
+    score = seq.mask(np.ones(3 * n, dtype=bool))
+    fam = Family("constant")
+
+    def fit(values: dict[str, list[float]], read: list[float]) -> FitResult:
+        d = len(values["w_min"])
+        vals = {k: np.array(v, dtype=float) for k, v in values.items()}
+        vals.update(c2c=np.full(d, 0.1), read_sd=np.array(read))
+        f = FitResult(kind="constant", per_device=d > 1, values=vals, se={k: np.full(d, 0.01) for k in vals},
+                      nll=0.0, n_scored=int(score.sum()), k=4, success=True, message="", nfev=1)
+        return replace(f, nll=float(device_nll(fam, seq, f, score).sum()))
+
+    per = fit({"dw_up": [0.0116, 0.005, 0.00905], "dw_down": [0.01] * 3, "w_min": [-3.0, -7.0, -3.0],
+               "w_max": [0.9, 12.8, 0.9]}, [0.01, 0.01, 0.002])
+    out, lines = bounds_at_reads(fam, seq, score, per)
+    lo = [np.percentile(x, 0.5) for x in (wa, wb, wc)]
+    assert lo[0] > wa.min() and lo[2] > wc.min()
+    hi_b, hi_c = np.percentile(wb, 99.5), np.percentile(wc, 99.5)
+    assert hi_c < 0.895  # c's bound lies beyond its 99.5th percentile, but its last read reaches it
+    cost_c = device_nll(fam, seq, replace(per, values=dict(per.values, w_max=np.array([0.9, 12.8, hi_c]))), score)
+    assert cost_c[2] - device_nll(fam, seq, per, score)[2] > BOUND_NATS
+    assert out.values["w_max"].tolist() == pytest.approx([0.9, hi_b, 0.9])
+    assert out.se["w_max"][0] == out.se["w_max"][2] == 0.01 and np.isinf(out.se["w_max"][1])
+    # the lower bounds: b's goes to its 0.5th percentile; c starts its sweep below its own (its
+    # first reads are its lowest), which the data reject with its small read noise: its lowest read
+    assert np.isinf(out.se["w_min"]).all()
+    assert out.values["w_min"][1:].tolist() == pytest.approx([lo[1], wc.min()])
+    assert len(lines) == 2 and "w_max: not reached by the reads (1 of 3 devices; fitted 12.8)" in lines[1]
+    assert "(percentile 0)" in lines[0] and "(percentile 0.5)" in lines[0]
+    assert out.nll == pytest.approx(float(device_nll(fam, seq, out, score).sum()))
+    assert per.values["w_max"][1] == 12.8  # the input fit is not modified
+    pooled, lines = bounds_at_reads(fam, seq, score, fit({"dw_up": [0.008], "dw_down": [0.01], "w_min": [-5.0],
+                                                            "w_max": [20.0]}, [0.01]))
+    assert pooled.values["w_min"][0] == pytest.approx(np.percentile(w, 0.5))
+    assert len(lines) >= 1
+    # a state-dependent model's bounds shape every step: left to undetermined_parameters
+    soft = replace(per, kind="softbounds")
+    assert bounds_at_reads(Family("softbounds"), seq, score, soft) == (soft, [])
 
 
 @pytest.mark.slow
 def test_ferro_calibration_time_and_replay(shared_data: Path, tmp_path: Path) -> None:
-    t0 = time.perf_counter()
-    r = CliRunner().invoke(cli, ["calibrate", str(shared_data / "ferro-hzo-ampsweep"), "-o", str(tmp_path / "f.json"),
-                                 "--no-replay-check"])
-    elapsed = time.perf_counter() - t0
+    """The issue's target: ``hil calibrate`` on the largest shared data set (with its held-out
+    replay check, as ``hil calibrate DIR -o x.json`` runs it) under 30 s on 2 cores.  Measured as
+    the CPU time of this process (user + sys of every thread): the fit and the replay run on one
+    thread (torch and BLAS), so this is the wall time on an idle machine, and it does not fail
+    when other jobs share the cores."""
+    t0 = time.process_time()
+    r = CliRunner().invoke(cli, ["calibrate", str(shared_data / "ferro-hzo-ampsweep"), "-o", str(tmp_path / "f.json")])
+    cpu = time.process_time() - t0
     assert r.exit_code == 0, r.output
     m = DeviceModel.load(tmp_path / "f.json")
     assert m.provenance["devices"] == 14
     assert m.provenance["mapping"]["per_device"]
     assert any("NOT identical" in n for n in m.provenance["notes"])
-    assert elapsed < 30, elapsed
+    assert m.provenance["replay_check"]["replays"] >= 8
+    assert cpu < 30, cpu
 
 
 @pytest.mark.slow
@@ -288,6 +367,11 @@ def test_selection_rejects_fits_the_data_do_not_determine(shared_data: Path, tmp
     assert any("w_min" in why for why in score["pow"].undetermined), score["pow"].undetermined
     assert score["constant"].determined
     assert cal.chosen == "constant"
+    # the lower bound the reads never approach is not left where the optimizer put it: it is set at
+    # each device's lowest reads, and the report says so
+    assert any(b.startswith("w_min: not reached by the reads") for b in score["constant"].bounds_at_reads)
+    assert cal.model.step.w_min >= cal.weights.min()
+    assert any("never reach is not determined" in n for n in cal.notes)
     assert any(n.startswith("rejected pow: parameters not determined by the data") for n in cal.notes)
     assert [c for c in cal.model.provenance["candidates"] if c["model"] == "pow"][0]["determined"] is False
     from hil.calibration.report import text_summary

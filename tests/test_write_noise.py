@@ -246,41 +246,77 @@ def test_filter_likelihood_is_exact_for_a_linear_gaussian_device() -> None:
 
 
 # ------------------------------------------------------------------ fit
-def test_calibration_recovers_a_known_write_noise(tmp_path: Path) -> None:
+G_RANGE = (1e-6, 11e-6)
+OFFSET_SD, OFFSET_RHO = 0.03, 0.9
+
+
+@pytest.fixture(scope="module")
+def offset_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Four simulated soft-bounds devices with c2c, read noise and a write-noise offset (std
-    0.03, rho 0.9: a memory of 9.5 pulses), characterized with repeated reads and calibrated
-    with ``write_noise="auto"``: the offset is found and its std and correlation are within
-    4 standard errors and 15 % of the truth; the model file carries them."""
-    from hil.calibration.mapping import Mapping, MappingSpec
-    from hil.calibration.measurements import load_measurements
-    from hil.calibration.pipeline import CalibrationConfig, calibrate
+    0.03, rho 0.9: a memory of 9.5 pulses), characterized with repeated reads."""
+    from hil.calibration.mapping import Mapping
     from hil.characterization import PulseProtocol, run_protocol
     from hil.device_model import ConductanceMapping
 
-    g_range = (1e-6, 11e-6)
     truth = DeviceModel(
         step=SoftBoundsStep(dw_up=0.04, dw_down=0.03),
-        variation=DeviceVariation(c2c=0.3, write_noise=0.03, write_noise_rho=0.9),
+        variation=DeviceVariation(c2c=0.3, write_noise=OFFSET_SD, write_noise_rho=OFFSET_RHO),
         read_noise=0.01,
-        conductance=ConductanceMapping(g_min_s=g_range[0], g_max_s=g_range[1]),
+        conductance=ConductanceMapping(g_min_s=G_RANGE[0], g_max_s=G_RANGE[1]),
     )
     sim = SimulatedCrossbar(1, 4, device=truth, periphery=IDEAL.model_copy(update={"w_noise": 0.01}), seed=11)
-    out = tmp_path / "wn.csv"
+    out = tmp_path_factory.mktemp("offset") / "wn.csv"
     assert truth.conductance is not None
     run_protocol(sim, PulseProtocol(n_up=100, n_down=100, cycles=4, repeated_reads=5, start_weight=-0.9),
                  Mapping(model=truth.conductance), out, progress=False)
-    cal = calibrate(load_measurements(out), CalibrationConfig(model="softbounds", chunk=128,
-                                                              mapping=MappingSpec(g_range=g_range)))
-    score = next(c for c in cal.candidates if c.model == "softbounds")
-    assert score.write_noise and score.write_noise_fit is not None and score.write_noise_fit["bic_gain"] > 0
-    v = cal.model.variation
-    for name, fitted, true in (("write_sd", v.write_noise, 0.03), ("write_rho", v.write_noise_rho, 0.9)):
-        se = cal.parameters[name]["se"]
+    return out
+
+
+def _calibrate_cli(src: Path, out: Path, write_noise: str) -> str:
+    from click.testing import CliRunner
+
+    from hil.cli.main import cli
+
+    r = CliRunner().invoke(cli, ["calibrate", str(src), "-o", str(out), "--model", "softbounds", "--chunk", "128",
+                                 "--g-range", f"{G_RANGE[0]},{G_RANGE[1]}", "--no-replay-check",
+                                 "--write-noise", write_noise])
+    assert r.exit_code == 0, r.output
+    return r.output
+
+
+def test_calibration_recovers_a_known_write_noise(offset_csv: Path, tmp_path: Path) -> None:
+    """``hil calibrate --write-noise auto`` (the default) on the offset population: the offset is
+    found, its std and correlation are within 4 standard errors and 15 % of the truth, and the
+    written model file carries them (and prints them)."""
+    out = tmp_path / "fitted.json"
+    text = _calibrate_cli(offset_csv, out, "auto")
+    m = DeviceModel.load(out)
+    prov = m.provenance
+    assert prov["config"]["write_noise"] == "auto" and prov["config"]["chunk"] == 128
+    score = next(c for c in prov["candidates"] if c["model"] == "softbounds")
+    assert score["write_noise"] and score["write_noise_fit"] is not None and score["write_noise_fit"]["bic_gain"] > 0
+    v = m.variation
+    for name, fitted, true in (("write_sd", v.write_noise, OFFSET_SD), ("write_rho", v.write_noise_rho, OFFSET_RHO)):
+        se = prov["parameters"][name]["se"]
+        assert prov["parameters"][name]["value"] == fitted
         assert 0 < se < 0.1 * true, (name, se)
-        assert abs(fitted - true) < max(4 * se, 0.0) and abs(fitted - true) < 0.15 * true, (name, fitted, se)
-    assert cal.model.read_noise == pytest.approx(0.01, rel=0.2)
-    path = cal.model.save(tmp_path / "fitted.json")
-    assert DeviceModel.load(path).variation.write_noise == v.write_noise
+        assert abs(fitted - true) < 4 * se and abs(fitted - true) < 0.15 * true, (name, fitted, se)
+    assert m.read_noise == pytest.approx(0.01, rel=0.2)
+    assert f"write noise {v.write_noise:.3g} (correlation per pulse {v.write_noise_rho:.3g})" in text
+
+
+def test_calibrate_cli_write_noise_off(offset_csv: Path, tmp_path: Path) -> None:
+    """``--write-noise off``: the same data, whose offset ``auto`` finds, gives a model without
+    one (0 in the written JSON), and no candidate is fitted with it."""
+    out = tmp_path / "off.json"
+    text = _calibrate_cli(offset_csv, out, "off")
+    raw = json.loads(out.read_text())
+    assert raw["variation"]["write_noise"] == 0.0 and raw["variation"]["write_noise_rho"] == 0.0
+    assert raw["provenance"]["config"]["write_noise"] == "off"
+    assert all(c["write_noise_fit"] is None and not c["write_noise"] for c in raw["provenance"]["candidates"])
+    assert "write_sd" not in raw["provenance"]["parameters"]
+    assert "write noise" not in text
+    assert DeviceModel.load(out).variation.write_noise == 0.0
 
 
 def test_no_write_noise_is_found_where_there_is_none(tmp_path: Path) -> None:
