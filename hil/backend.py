@@ -16,6 +16,7 @@ refuse bad input the same way and report their hardware cost the same way.
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -104,6 +105,10 @@ class CrossbarBackend(abc.ABC):
       pulses (+: potentiation, weight up; -: depression).
     - ``read(n_reads=1)``: estimate of all weights ``[rows, cols]`` by column reads
       (forward with one-hot inputs), averaged over ``n_reads`` full reads.
+    - ``forward_columns(columns)``: ``forward`` of the one-hot inputs ``e_k`` (k in
+      ``columns``) -> ``[m, rows]``, counted as one forward call of ``m`` vectors.
+    - ``pulse_columns(columns, counts)``: ``pulse`` of counts that are zero outside
+      ``columns`` (distinct), given only there: ``counts`` ``[rows, m]``.
     - ``program(target, tol, max_iter)``: closed-loop write-verify, returns a
       :class:`ProgramReport`.
     - ``info``: a :class:`BackendInfo`; ``close()`` (also via ``with``).
@@ -181,7 +186,7 @@ class CrossbarBackend(abc.ABC):
         counts = check_matrix(
             counts, "counts", self.shape, device=self.device, where=where, integer=True
         )
-        limit = self.info.max_pulses_per_call
+        limit = self._pulse_limit()
         if limit is not None and counts.numel():
             peak = int(counts.abs().max())
             if peak > limit:  # a hardware limit: refused like every SafetyLimits check, nothing sent
@@ -192,6 +197,63 @@ class CrossbarBackend(abc.ABC):
         self.counts.pulse_calls += 1
         self.counts.pulses_requested += int(counts.abs().sum())
         self._pulse(counts)
+
+    def forward_columns(self, columns: Sequence[int]) -> torch.Tensor:
+        """Column reads: ``forward`` of the one-hot inputs ``e_k`` for ``k`` in ``columns``
+        (a list of column indices, repeats allowed) -> ``[m, rows]``, row ``i`` the read of
+        column ``columns[i]``.  The same result (values and random draws) as
+        ``forward(torch.eye(cols)[columns])`` and counted the same (one forward call of
+        ``m`` vectors), without building and checking the one-hot inputs: the default
+        builds them for :meth:`_forward`; backends may override :meth:`_forward_columns`."""
+        self._check_open()
+        ks = self._columns(columns, f"{type(self).__name__}.forward_columns", distinct=False)
+        self.counts.forward_calls += 1
+        self.counts.forward_vectors += len(ks)
+        return self._forward_columns(ks)
+
+    def pulse_columns(self, columns: Sequence[int], counts: torch.Tensor) -> None:
+        """``pulse`` of counts that are zero outside ``columns`` (distinct column indices):
+        ``counts`` ``[rows, m]`` integer, column ``i`` the counts of column ``columns[i]``.
+        Checked and counted as :meth:`pulse` (one call; the backend's
+        ``max_pulses_per_call`` applies).  The default pulses the full ``[rows, cols]``
+        counts with :meth:`_pulse`; backends may override :meth:`_pulse_columns`."""
+        self._check_open()
+        where = f"{type(self).__name__}.pulse_columns"
+        ks = self._columns(columns, where, distinct=True)
+        counts = check_matrix(
+            counts, "counts", (self.rows, len(ks)), device=self.device, where=where, integer=True
+        )
+        magnitude = counts.abs()
+        limit = self._pulse_limit()
+        if limit is not None and counts.numel():
+            peak = int(magnitude.max())
+            if peak > limit:
+                raise SafetyError(
+                    f"{where}: |counts| up to {peak} requested, this backend accepts at most "
+                    f"{limit} pulses per device and call; nothing was sent"
+                )
+        self.counts.pulse_calls += 1
+        self.counts.pulses_requested += int(magnitude.sum())
+        self._pulse_columns(ks, counts)
+
+    def _columns(self, columns: Sequence[int], where: str, *, distinct: bool) -> list[int]:
+        """``columns`` as a list of ints in ``[0, cols)`` (``distinct``: no repeats), else ValueError."""
+        if isinstance(columns, torch.Tensor):
+            if columns.dim() != 1 or columns.is_floating_point() or columns.dtype == torch.bool:
+                raise ValueError(f"{where}: columns must be a 1-D integer tensor or a list of ints, got {columns.dtype} {list(columns.shape)}")
+            columns = columns.tolist()
+        try:
+            ks = [int(k) for k in columns]
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: columns must be a list of column indices, got {columns!r}") from None
+        if not ks:
+            raise ValueError(f"{where}: columns is empty")
+        bad = [k for k in ks if not 0 <= k < self.cols]
+        if bad:
+            raise ValueError(f"{where}: column indices {bad[:5]} outside [0, {self.cols})")
+        if distinct and len(set(ks)) != len(ks):
+            raise ValueError(f"{where}: columns must be distinct, got {ks}")
+        return ks
 
     def read(self, n_reads: int = 1) -> torch.Tensor:
         """All weights ``[rows, cols]``, averaged over ``n_reads`` noisy full-array reads."""
@@ -347,6 +409,24 @@ class CrossbarBackend(abc.ABC):
     @abc.abstractmethod
     def _pulse(self, counts: torch.Tensor) -> None:
         """Apply validated integer pulse counts ``[rows, cols]``."""
+
+    def _pulse_limit(self) -> int | None:
+        """``info.max_pulses_per_call`` (backends whose ``info`` is costly to build may return
+        a cached value; it must be the same)."""
+        return self.info.max_pulses_per_call
+
+    def _forward_columns(self, ks: list[int]) -> torch.Tensor:
+        """Reads of columns ``ks`` (validated) ``[m, rows]``; default: :meth:`_forward` of one-hot inputs."""
+        e = torch.zeros(len(ks), self.cols, device=self.device)
+        e[torch.arange(len(ks), device=self.device), torch.tensor(ks, device=self.device)] = 1.0
+        return self._forward(e)
+
+    def _pulse_columns(self, ks: list[int], counts: torch.Tensor) -> None:
+        """Counts ``[rows, m]`` (validated) on columns ``ks`` (distinct); default: :meth:`_pulse`
+        of the full ``[rows, cols]`` counts, zero elsewhere."""
+        full = torch.zeros(self.shape, dtype=counts.dtype, device=self.device)
+        full[:, torch.tensor(ks, device=self.device)] = counts
+        self._pulse(full)
 
     def _read(self) -> torch.Tensor:
         """One full-array read ``[rows, cols]``; default: forward of the identity, column by column."""

@@ -13,7 +13,7 @@ from hil.config import VersionedFile
 from hil.device_model import DeviceModel
 from hil.simulated.devices import DeviceArray, nominal_dw
 from hil.simulated.periphery import PeripheryConfig, analog_mvm
-from hil.simulated.pulse_trains import UpdateConfig, coincidence_counts
+from hil.simulated.pulse_trains import UpdateConfig, coincidence_pulsed, coincidence_total_net
 
 
 class SimulatedCrossbarConfig(VersionedFile):
@@ -89,6 +89,7 @@ class SimulatedCrossbar(CrossbarBackend):
         else:
             w = torch.full(self.shape, float(initial_weight), device=self.device)
         self.weights = self.devices.clamp(w)
+        self._eyes: dict[int, torch.Tensor] = {}
 
     @classmethod
     def from_config(cls, cfg: SimulatedCrossbarConfig, torch_device: str = "cpu") -> SimulatedCrossbar:
@@ -138,23 +139,80 @@ class SimulatedCrossbar(CrossbarBackend):
         return analog_mvm(d.to(self.weights.dtype), self._apparent().T, self.config.periphery, self.generator)
 
     def _update(self, x: torch.Tensor, d: torch.Tensor, lr: float) -> None:
-        n_up, n_down = coincidence_counts(
-            x.to(self.weights.dtype),
-            d.to(self.weights.dtype),
-            lr,
-            self.dw_nominal,
-            self.config.update,
-            self.generator,
-        )
-        self.weights = self.devices.apply(
-            self.weights, n_up, n_down, self.generator, self.config.update.max_chunks
-        )
+        # total and net coincidences as exact integers (int32 where the int8 GEMM runs); the
+        # up / down counts are formed only on the devices the update computes.  On arrays
+        # that DeviceArray may compute gathered, the counts are computed only on the block
+        # of rows and columns that fire, and the pulsed devices applied gathered, when
+        # that block is small enough (the same trains, counts and results as the full path).
+        xs, ds = x.to(self.weights.dtype), d.to(self.weights.dtype)
+        cfg, chunks = self.config.update, self.config.update.max_chunks
+        limit = self.devices.sparse_devices()
+        if limit <= 0:
+            total, net = coincidence_total_net(
+                xs, ds, lr, self.dw_nominal, cfg, self.generator, counts_dtype=None
+            )
+            self.weights = self.devices.apply_total_net(self.weights, total, net, self.generator, chunks)
+            return
+        idx, total, net = coincidence_pulsed(xs, ds, lr, self.dw_nominal, cfg, self.generator, limit)
+        if idx is None:
+            self.weights = self.devices.apply_total_net(self.weights, total, net, self.generator, chunks)
+        elif idx.numel():
+            self.weights = self.devices.apply_total_net_at(
+                self.weights, idx, total, net, self.generator, chunks, inplace=True
+            )
 
     def _pulse(self, counts: torch.Tensor) -> None:
         # signed (integer) counts, split into up / down pulses and converted to floats only
         # on the pulsed devices when few are pulsed
         self.weights = self.devices.apply_signed(
             self.weights, counts, self.generator, self.config.update.max_chunks
+        )
+
+    def _pulse_limit(self) -> int | None:
+        return None  # info.max_pulses_per_call (without building the info)
+
+    def _forward_columns(self, ks: list[int]) -> torch.Tensor:
+        # The one-hot MVM of the columns ks, as the [m, m] identity times those columns:
+        # the same DAC level on the diagonal, the same products (a one-hot row adds only
+        # exact zeros), the same output noise draws [m, rows] and ADC: bit for bit
+        # _forward(eye[ks]), without the [m, cols] x [cols, rows] product.
+        w = self._apparent()
+        m = len(ks)
+        if ks == list(range(ks[0], ks[0] + m)):
+            w_cols = w[:, ks[0] : ks[0] + m]
+        else:
+            w_cols = w.index_select(1, torch.tensor(ks, device=self.device))
+        eye = self._eye(m)
+        return analog_mvm(eye, w_cols, self.config.periphery, self.generator)
+
+    def _eye(self, m: int) -> torch.Tensor:
+        eye = self._eyes.get(m)
+        if eye is None:
+            eye = torch.eye(m, device=self.device, dtype=self.weights.dtype)
+            self._eyes[m] = eye
+        return eye
+
+    def _pulse_columns(self, ks: list[int], counts: torch.Tensor) -> None:
+        # only the devices of these columns with a nonzero count are gathered and pulsed
+        # (the sparse path of DeviceArray.apply; the rest of the array is not looked at),
+        # unless the array is one that DeviceArray computes whole anyway (small arrays)
+        if self.devices.computes_whole():
+            super()._pulse_columns(ks, counts)
+            return
+        m = len(ks)
+        flat_counts = counts.reshape(-1)  # [rows * m], row-major
+        nz = torch.nonzero(flat_counts).view(-1)
+        if nz.numel() == 0:
+            return
+        col = torch.remainder(nz, m)
+        if ks != list(range(ks[0], ks[0] + m)):
+            col = torch.tensor(ks, device=self.device).index_select(0, col)
+        elif ks[0]:
+            col = col + ks[0]
+        idx = torch.div(nz, m, rounding_mode="floor").mul_(self.cols).add_(col)
+        self.weights = self.devices.apply_signed_at(
+            self.weights, idx, flat_counts.index_select(0, nz), self.generator,
+            self.config.update.max_chunks, inplace=True,
         )
 
     def _read(self) -> torch.Tensor:
@@ -217,7 +275,8 @@ class SimulatedCrossbar(CrossbarBackend):
             self.dw_nominal = nominal_dw(cfg.device)
         self.config = cfg
         self.devices.load_state_dict(state["devices"])
-        self.weights = state["weights"].to(self.device, self.weights.dtype)
+        # a copy: pulses update the weights in place, the caller's state must stay as it is
+        self.weights = state["weights"].to(self.device, self.weights.dtype, copy=True)
         self.generator.set_state(state["generator"])
 
 

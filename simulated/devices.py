@@ -75,7 +75,11 @@ class _Coefficients:
     ``a_*``, ``fixed_*``, ``log1m_*`` (and ``flat_*``) for affine ones); ``dense`` has the
     same values as ``[rows, cols]`` views; ``flat[s]``: some device has ``c = 0`` in
     direction ``s`` ("up"/"dn"); ``monotone[s]``: every device has ``c >= 0`` (its mean
-    response moves toward the fixed point without crossing it).
+    response moves toward the fixed point without crossing it); ``bounded``: affine, monotone,
+    no flat device, and every device's fixed points are its bounds (``a_up / c_up = w_max``,
+    ``a_dn / c_dn = w_min`` to float rounding: soft bounds, or ``gamma = 1``), so a weight
+    inside its bounds never leaves ``[fixed_dn, fixed_up]`` and the chunked responses compose
+    in closed form (:meth:`DeviceArray._affine_composite`).
     """
 
     names: list[str]
@@ -83,18 +87,23 @@ class _Coefficients:
     dense: dict[str, torch.Tensor]
     flat: dict[str, bool]
     monotone: dict[str, bool]
+    bounded: bool = False
 
     def select(self, rows: torch.Tensor, shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
         """Coefficients by name from ``rows`` ``[P, n]`` (``packed`` or gathered columns of
-        it), each viewed as ``shape``; ``flat_*`` as bool masks; ``log1m`` ``[2, *shape]``:
-        up and down together."""
-        out = {k: rows[i].view(shape) for i, k in enumerate(self.names)}
+        it), each viewed as ``shape``; ``flat_*`` as bool masks; ``log1m``, ``fixed`` and
+        ``c`` ``[2, *shape]``: up and down together."""
+        parts = rows.unbind(0)  # one op for all the rows
+        if tuple(shape) != tuple(parts[0].shape):
+            parts = tuple(t.view(shape) for t in parts)
+        out = dict(zip(self.names, parts, strict=True))
         for s, any_flat in self.flat.items():
             if any_flat:
                 out[f"flat_{s}"] = out[f"flat_{s}"] > 0.5
-        if "log1m_up" in out:
-            i = self.names.index("log1m_up")  # log1m_dn follows
-            out["log1m"] = rows[i : i + 2].view(2, *shape)
+        for pair in ("log1m", "fixed", "c", "cnoise"):
+            if f"{pair}_up" in out:
+                i = self.names.index(f"{pair}_up")  # f"{pair}_dn" follows
+                out[pair] = rows[i : i + 2].view(2, *shape)
         return out
 
 
@@ -341,6 +350,15 @@ class DeviceArray:
             w = torch.where(stuck, p["stuck_value"], w)
         return w
 
+    def computes_whole(self) -> bool:
+        """Whether :meth:`apply` always computes the whole array (``sparse_fraction`` 0: small
+        arrays, constant steps without noise), so gathering pulsed devices never pays."""
+        return self._sparse_fraction() <= 0
+
+    def sparse_devices(self) -> int:
+        """Up to how many pulsed devices :meth:`apply` computes them gathered (0: never)."""
+        return int(self._sparse_fraction() * self.shape[0] * self.shape[1])
+
     def _sparse_fraction(self) -> float:
         """:attr:`sparse_fraction`, or the measured break-even default of this step model."""
         if self.sparse_fraction is not None:
@@ -361,7 +379,8 @@ class DeviceArray:
         cols["stuck_value"] = self.stuck_value
         flat: dict[str, bool] = {}
         monotone: dict[str, bool] = {}
-        derived: dict[str, torch.Tensor] = {}
+        pairs: dict[str, dict[str, torch.Tensor]] = {}
+        bounded = False
         p = self.params
         if self.kind == "constant" and self.c2c > 0:
             c2 = self.c2c * self.c2c
@@ -386,18 +405,31 @@ class DeviceArray:
                 log1m = torch.log((1.0 - c).clamp(min=0.0)).clamp(min=_LOG_FLOOR)
                 log1m = torch.where(is_flat, torch.zeros_like(c), log1m)
                 cols[f"a_{s}"] = a.expand(self.shape)
-                cols[f"fixed_{s}"] = fixed
-                derived[f"log1m_{s}"] = log1m  # up and down adjacent: one [2, ...] view
+                # up and down adjacent in each pair: one [2, ...] view (_Coefficients.select)
+                pairs.setdefault("log1m", {})[s] = log1m
+                pairs.setdefault("fixed", {})[s] = fixed
+                pairs.setdefault("c", {})[s] = c
+                pairs.setdefault("cnoise", {})[s] = c * self.c2c  # write-noise std per |F - w|
                 flat[s] = bool(is_flat.any())
                 monotone[s] = bool((c >= 0).all())
                 if flat[s]:
                     cols[f"flat_{s}"] = is_flat.to(self.dtype)
-        cols.update(derived)
+            bounded = (
+                all(monotone.values())
+                and not any(flat.values())
+                and bool(torch.allclose(pairs["fixed"]["up"], p["w_max"], rtol=1e-6, atol=1e-7))
+                and bool(torch.allclose(pairs["fixed"]["dn"], p["w_min"], rtol=1e-6, atol=1e-7))
+            )
+        for name, by_dir in pairs.items():
+            cols[f"{name}_up"] = by_dir["up"]
+            cols[f"{name}_dn"] = by_dir["dn"]
+        if bounded:
+            cols["span"] = pairs["fixed"]["up"] - pairs["fixed"]["dn"]
         names = list(cols)
         packed = torch.stack([cols[k].reshape(-1).to(self.dtype) for k in names])
-        coeffs = _Coefficients(names, packed, {}, flat, monotone)
+        coeffs = _Coefficients(names, packed, {}, flat, monotone, bounded)
         dense = coeffs.select(packed, self.shape)
-        return _Coefficients(names, packed, dense, flat, monotone)
+        return _Coefficients(names, packed, dense, flat, monotone, bounded)
 
     def _apply_constant(
         self,
@@ -483,6 +515,77 @@ class DeviceArray:
             w = torch.clamp(torch.addcmul(w, w - fixed_dn, decay[k, 1]), min=lo, max=w)
         return w
 
+    def _affine_composite(self, w: torch.Tensor, counts: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Chunked affine responses (ups, then downs, per chunk) in closed form, for
+        :attr:`_Coefficients.bounded` devices (fixed points = bounds).
+
+        counts ``[chunks, 2, *w.shape]``.  Every chunk maps the distance to the lower fixed
+        point ``e = w - F_dn`` affinely: ups ``e -> D + (e - D) Ru``, downs ``e -> e Rd``
+        (``D = F_up - F_dn``, ``Ru = (1 - c_up)^u``, ``Rd = (1 - c_dn)^d``), so after all
+        chunks ``e_K = e_0 prod_k Ru_k Rd_k + D sum_k (1 - Ru_k) Rd_k prod_{j>k} Ru_j Rd_j``,
+        evaluated with logarithms (one cumulative sum over the chunks) instead of a loop.
+        The same values as :meth:`_affine_chunks` up to float rounding: a weight inside its
+        bounds stays between the fixed points, where the per-chunk clamps do nothing.
+        Returned as ``w`` plus the change (a device without pulses keeps ``w`` bit for bit);
+        not clamped (the caller clamps to the bounds and sets stuck devices).
+        """
+        logs = counts * p["log1m"]  # [chunks, 2, ...]: log Ru_k, log Rd_k (<= 0)
+        f_up, f_dn = p["fixed_up"], p["fixed_dn"]
+        if logs.shape[0] == 1:  # w -> F_up + (w - F_up) Ru -> F_dn + (. - F_dn) Rd
+            up = torch.addcmul(w, w - f_up, torch.expm1(logs[0, 0]))
+            return torch.addcmul(up, up - f_dn, torch.expm1(logs[0, 1]))
+        cum = torch.cumsum(logs.sum(dim=1), dim=0)  # [chunks, ...]
+        whole = cum[-1]
+        # (1 - Ru_k) Rd_k prod_{j>k}: -expm1(log Ru_k) exp(log Rd_k + whole - cum_k)
+        later = torch.exp((whole - cum).add_(logs[:, 1]))
+        gain = later.mul_(torch.expm1(logs[:, 0])).sum(dim=0)  # <= 0
+        # w + e_K - e_0 (a device without pulses: w exactly)
+        return torch.addcmul(w, w - f_dn, torch.expm1(whole)).addcmul_(p["span"], gain, value=-1.0)
+
+    def _apply_bounded_affine(
+        self,
+        w: torch.Tensor,
+        n_up: torch.Tensor,
+        n_down: torch.Tensor,
+        peak: float,
+        p: dict[str, torch.Tensor],
+        stuck: torch.Tensor | None,
+        generator: torch.Generator,
+        max_chunks: int,
+    ) -> torch.Tensor:
+        """:meth:`_apply_pulses` for :attr:`_Coefficients.bounded` affine devices: the same
+        chunks, applied by :meth:`_affine_composite`; the write noise from the mean steps
+        ``|delta| = c |F - w|`` (up and down together)."""
+        both = torch.stack((n_up, n_down))  # [2, ...]
+        var = None
+        if self.c2c > 0:
+            # c2c * mean steps up (>= 0) and down (<= 0) [2, ...]: the pulses' std
+            s = (p["fixed"] - w).mul_(p["cnoise"])
+            var = s.mul_(s).mul_(both).sum(dim=0)
+        chunks = int(min(max(1.0, peak), max_chunks))
+        if chunks > 1:
+            # pulses of chunk k: floor(n (k + 1) / chunks) - floor(n k / chunks), all at once
+            ks = self._chunk_steps(chunks, w.dim() + 1, w.device, w.dtype)
+            cum = torch.floor(both * ks / chunks)
+            counts = cum[1:] - cum[:-1]
+        else:
+            counts = both[None]
+        w = self._affine_composite(w, counts, p)
+        if var is not None:
+            xi = torch.randn(w.shape, generator=generator, device=w.device, dtype=w.dtype)
+            w = w.addcmul_(var.add_(torch.finfo(w.dtype).tiny).sqrt_(), xi)
+        return self._clamp_to(w, p, stuck)
+
+    def _chunk_steps(self, chunks: int, dims: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """``[0, 1, ..., chunks]`` shaped ``[chunks + 1, 1, ...]`` (``dims`` trailing ones), cached."""
+        key = f"chunk_steps:{chunks}:{dims}:{device}:{dtype}"
+        hit = self._cache.get(key)
+        if hit is None:
+            ks = torch.arange(chunks + 1, device=device, dtype=dtype).view(-1, *([1] * dims))
+            hit = ((), ks)
+            self._cache[key] = hit
+        return hit[1]  # type: ignore[return-value]
+
     def apply(
         self,
         w: torch.Tensor,
@@ -509,6 +612,29 @@ class DeviceArray:
             return n_up.reshape(-1).index_select(0, idx), n_down.reshape(-1).index_select(0, idx)
 
         return self._apply(w, total, split, generator, max_chunks)
+
+    def apply_total_net(
+        self,
+        w: torch.Tensor,
+        total: torch.Tensor,
+        net: torch.Tensor,
+        generator: torch.Generator,
+        max_chunks: int = 8,
+    ) -> torch.Tensor:
+        """:meth:`apply` for ``n_up = (total + net) / 2``, ``n_down = (total - net) / 2``
+        (``[rows, cols]``, integer or float counts: the coincidence counts of an update).
+        Up / down counts are formed (as floats) only for the devices computed."""
+
+        def count(idx: torch.Tensor | None) -> torch.Tensor:
+            return total if idx is None else total.reshape(-1).index_select(0, idx)
+
+        def split(idx: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+            t = count(idx).to(w.dtype)
+            n = (net if idx is None else net.reshape(-1).index_select(0, idx)).to(w.dtype)
+            up = (t + n).mul_(0.5)
+            return up, t.sub_(up)
+
+        return self._apply(w, count, split, generator, max_chunks)
 
     def apply_signed(
         self,
@@ -593,12 +719,77 @@ class DeviceArray:
                 self._redraw_offset(full, None, generator)
             return out
         full = total(None) if full is None else full
-        idx = torch.nonzero((full > 0).reshape(-1)).view(-1)
+        idx = torch.nonzero(full.reshape(-1)).view(-1)  # counts >= 0: the pulsed devices
         if idx.numel() == 0:
             return w
+        return self._apply_at(w, idx, full.reshape(-1).index_select(0, idx), split, generator, max_chunks)
+
+    def apply_signed_at(
+        self,
+        w: torch.Tensor,
+        idx: torch.Tensor,
+        counts: torch.Tensor,
+        generator: torch.Generator,
+        max_chunks: int = 8,
+        *,
+        inplace: bool = False,
+    ) -> torch.Tensor:
+        """:meth:`apply_signed` for pulses on the devices ``idx`` only (flat indices into
+        ``[rows, cols]``, distinct; ``counts`` ``[n]``: their signed counts, integer or
+        float): the sparse path without looking at the rest of the array.  Every other
+        device is returned bit-unchanged; a device of ``idx`` with 0 pulses too.
+        ``inplace``: the new weights are written into ``w`` (contiguous) and returned."""
+        if idx.numel() == 0:
+            return w
+
+        def split(_: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+            c = counts.to(w.dtype)
+            up = c.clamp(min=0.0)
+            return up, up - c
+
+        return self._apply_at(w, idx, counts.abs(), split, generator, max_chunks, inplace)
+
+    def apply_total_net_at(
+        self,
+        w: torch.Tensor,
+        idx: torch.Tensor,
+        total: torch.Tensor,
+        net: torch.Tensor,
+        generator: torch.Generator,
+        max_chunks: int = 8,
+        *,
+        inplace: bool = False,
+    ) -> torch.Tensor:
+        """:meth:`apply_total_net` for the devices ``idx`` only (flat, distinct; ``total``,
+        ``net`` ``[n]`` their counts), as :meth:`apply_signed_at`."""
+        if idx.numel() == 0:
+            return w
+
+        def split(_: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+            t = total.to(w.dtype)
+            up = (t + net.to(w.dtype)).mul_(0.5)
+            return up, t.sub_(up)
+
+        return self._apply_at(w, idx, total, split, generator, max_chunks, inplace)
+
+    def _apply_at(
+        self,
+        w: torch.Tensor,
+        idx: torch.Tensor,
+        pulses: torch.Tensor,
+        split: Callable[[torch.Tensor | None], tuple[torch.Tensor, torch.Tensor]],
+        generator: torch.Generator,
+        max_chunks: int,
+        inplace: bool = False,
+    ) -> torch.Tensor:
+        """The sparse path: devices ``idx`` (flat) with ``pulses`` (``[n]``, total, >= 0) and
+        ``split(idx)`` their up / down counts; the others are returned bit-unchanged
+        (``inplace``: written into ``w``, which must be contiguous)."""
         if self.offset is not None:
-            self._redraw_offset(full.reshape(-1).index_select(0, idx), idx, generator)
-        peak = float(full.reshape(-1).index_select(0, idx).max())
+            self._redraw_offset(pulses, idx, generator)
+        peak = float(pulses.max())
+        if peak <= 0:
+            return w
         coeffs = self._coefficients()
         # sparse: gather the pulsed devices (flat indices, ascending: deterministic), apply the
         # same math to the 1-D vectors, scatter back; devices without pulses stay bit-unchanged
@@ -611,7 +802,7 @@ class DeviceArray:
             ws = self._apply_constant(ws, n_up, n_down, generator, p, stuck)
         else:
             ws = self._apply_pulses(ws, n_up, n_down, peak, p, stuck, generator, max_chunks)
-        out = flat_w.clone()
+        out = flat_w if inplace else flat_w.clone()
         out.index_copy_(0, idx, ws)
         return out.view(w.shape)
 
@@ -632,6 +823,9 @@ class DeviceArray:
         ``peak``: the largest ``n_up + n_down`` (> 0); ``p``: the devices' coefficients
         (:meth:`_coefficients`), ``stuck`` their stuck mask.
         """
+        coeffs = self._coefficients()
+        if coeffs.bounded:
+            return self._apply_bounded_affine(w, n_up, n_down, peak, p, stuck, generator, max_chunks)
         w0 = w
         var = None
         if self.c2c > 0 or self.kind == "table":
@@ -647,7 +841,6 @@ class DeviceArray:
             per_chunk = torch.diff(cum, dim=0, prepend=torch.zeros_like(cum[:1]))
         affine = self.kind in ("linear", "softbounds")
         if affine:
-            coeffs = self._coefficients()
             mono_up, mono_dn = coeffs.monotone["up"], coeffs.monotone["dn"]
             if mono_up and mono_dn and not any(coeffs.flat.values()):
                 counts = per_chunk if chunks > 1 else torch.stack((n_up, n_down))[None]

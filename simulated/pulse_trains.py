@@ -80,26 +80,38 @@ def _int_mm_works(device: torch.device) -> bool:
     return _INT_MM_OK[key]
 
 
-def count_matmul(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def count_matmul(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
     """``a @ b`` for small integer tensors (entries in {-1, 0, 1}), exactly, as ``dtype``.
 
     a ``[m, k]``, b ``[k, n]``, both int8.  On CPUs with int8 GEMM support this uses
     ``torch._int_mm`` (int32 accumulation, several times faster than float); elsewhere
-    a float matmul, which is exact as long as ``k < 2^24``.
+    a float matmul, which is exact as long as ``k < 2^24``.  ``dtype=None``: whichever
+    the product comes in (int32, or float32), without a conversion.
     """
     if _int_mm_works(a.device):
-        return torch._int_mm(a, b).to(dtype)
-    return a.to(dtype) @ b.to(dtype)
+        out = torch._int_mm(a, b)
+        return out if dtype is None else out.to(dtype)
+    dt = torch.float32 if dtype is None else dtype
+    return a.to(dt) @ b.to(dt)
 
 
-def _active_slot_cost(p_first: torch.Tensor, n_second: int, bl: int) -> float:
-    """Expected number of random draws when the trains of ``p_first`` ``[batch, n]`` are
-    drawn in full and the other side's (``n_second`` lines) only in the slots where a
-    line of the first side fires."""
-    batch, n_first = p_first.shape
-    # probability that at least one line of the first side fires in a slot of sample b
-    q = -torch.expm1(torch.log1p(-p_first.clamp(max=1.0)).sum(dim=1))
-    return float(batch * bl * n_first) + float(bl * n_second) * float(q.sum())
+def _rows_first(p_d: torch.Tensor, p_x: torch.Tensor, bl: int) -> bool:
+    """Whether drawing the row trains first needs fewer random draws in expectation.
+
+    Drawing the trains of one side (``n_first`` lines) in full and the other side's
+    (``n_second`` lines) only in the slots where a line of the first side fires costs
+    ``batch * bl * n_first + bl * n_second * sum_b q_b`` draws, with ``q_b = 1 - prod_j
+    (1 - p_bj)`` the probability that some line of the first side fires in a slot of
+    sample ``b``.  p_d ``[batch, rows]``, p_x ``[batch, cols]`` (in [0, 1]); both sides'
+    ``sum_b q_b`` come back in one transfer.
+    """
+    batch, rows = p_d.shape
+    cols = p_x.shape[1]
+    log_none = torch.stack((torch.log1p(-p_d).sum(dim=1), torch.log1p(-p_x).sum(dim=1)))
+    q_d, q_x = (-v for v in torch.expm1(log_none).sum(dim=1).tolist())
+    cost_d = float(batch * bl * rows) + float(bl * cols) * q_d
+    cost_x = float(batch * bl * cols) + float(bl * rows) * q_x
+    return cost_d <= cost_x
 
 
 def coincidence_total_net(
@@ -109,12 +121,14 @@ def coincidence_total_net(
     dw: float,
     cfg: UpdateConfig,
     generator: torch.Generator,
+    counts_dtype: torch.dtype | None | str = "input",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Total and signed net pulse counts per device ``[rows, cols]`` for one update.
 
-    ``total = n_up + n_down`` and ``net = n_up - n_down`` (float tensors holding whole
-    numbers).  x ``[batch, cols]``, d ``[batch, rows]``; ``lr`` > 0 decreases ``W``
-    along ``d x^T``.
+    ``total = n_up + n_down`` and ``net = n_up - n_down`` (whole numbers, as
+    ``counts_dtype``: by default the dtype of ``x``; None: as the count GEMM gives them,
+    int32 or float32).  x ``[batch, cols]``, d ``[batch, rows]``; ``lr`` > 0 decreases
+    ``W`` along ``d x^T``.
 
     The trains of one side (rows or columns, whichever needs fewer random draws in
     expectation) are drawn for all ``batch * BL`` slots; those of the other side only
@@ -123,6 +137,69 @@ def coincidence_total_net(
     trains are independent, so this is exact in distribution; both choices are
     deterministic given the generator's state.
     """
+    out_dt = x.dtype if counts_dtype == "input" else counts_dtype
+    trains = draw_trains(x, d, lr, dw, cfg, generator)
+    if trains is None:
+        zeros = torch.zeros((d.shape[1], x.shape[1]), device=x.device, dtype=out_dt or torch.float32)  # type: ignore[arg-type]
+        return zeros, zeros.clone()
+    fd8, fx8, sd, sx = trains
+    total = count_matmul(fd8.T.contiguous(), fx8, out_dt)  # type: ignore[arg-type]
+    net = count_matmul(sd.T.contiguous(), sx, out_dt)  # type: ignore[arg-type]
+    return total, net
+
+
+def coincidence_pulsed(
+    x: torch.Tensor,
+    d: torch.Tensor,
+    lr: float,
+    dw: float,
+    cfg: UpdateConfig,
+    generator: torch.Generator,
+    max_devices: int,
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """:func:`coincidence_total_net` (the same trains, the same random draws), as the list
+    of pulsed devices when they are few.
+
+    Returns ``(idx, total, net)``: ``idx`` ``[n]`` the flat indices (ascending) of the
+    devices with at least one coincidence and ``total``, ``net`` ``[n]`` their counts
+    (int32 or float32) -- when the rows and columns that fire at all span at most
+    ``max_devices`` devices; the counts are then computed on that block only.  Otherwise
+    ``(None, total, net)`` with ``[rows, cols]`` counts, as :func:`coincidence_total_net`
+    with ``counts_dtype=None``.
+    """
+    cols = x.shape[1]
+    trains = draw_trains(x, d, lr, dw, cfg, generator)
+    if trains is None:
+        empty = torch.zeros(0, dtype=torch.int64, device=x.device)
+        return empty, empty, empty
+    fd8, fx8, sd, sx = trains
+    r_idx = torch.nonzero(fd8.amax(dim=0)).view(-1)  # rows that fire in some slot
+    c_idx = torch.nonzero(fx8.amax(dim=0)).view(-1)
+    nr, nc = r_idx.numel(), c_idx.numel()
+    if nr * nc > max_devices:
+        total = count_matmul(fd8.T.contiguous(), fx8, None)
+        net = count_matmul(sd.T.contiguous(), sx, None)
+        return None, total, net
+    total = count_matmul(fd8.T.index_select(0, r_idx), fx8.index_select(1, c_idx), None)  # [nr, nc]
+    net = count_matmul(sd.T.index_select(0, r_idx), sx.index_select(1, c_idx), None)
+    nz = torch.nonzero(total.view(-1)).view(-1)  # row-major: ascending flat device indices
+    i = torch.div(nz, nc, rounding_mode="floor")
+    idx = r_idx.index_select(0, i).mul_(cols).add_(c_idx.index_select(0, nz - i * nc))
+    return idx, total.view(-1).index_select(0, nz), net.view(-1).index_select(0, nz)
+
+
+def draw_trains(
+    x: torch.Tensor,
+    d: torch.Tensor,
+    lr: float,
+    dw: float,
+    cfg: UpdateConfig,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """The pulse trains of one update over the slots that matter (see
+    :func:`coincidence_total_net`): ``(fd, fx, sd, sx)``, int8 ``[k, rows]``, ``[k, cols]``
+    (fires: 1) and the same signed (``sd * sx`` is the sign of the pulse), ``k`` the slots
+    drawn for both sides; None when no slot is active."""
     batch, cols = x.shape
     rows = d.shape[1]
     p_x, p_d = pulse_probabilities(x, d, lr, dw, cfg)
@@ -131,7 +208,7 @@ def coincidence_total_net(
     sign = -1 if lr > 0 else 1
     s_x = torch.sign(x).to(torch.int8)
     s_d = (torch.sign(d) * sign).to(torch.int8)
-    rows_first = _active_slot_cost(p_d, cols, bl) <= _active_slot_cost(p_x, rows, bl)
+    rows_first = _rows_first(p_d, p_x, bl)
     p_a, p_b = (p_d, p_x) if rows_first else (p_x, p_d)
     n_a, n_b = p_a.shape[1], p_b.shape[1]
     k = batch * bl
@@ -140,8 +217,7 @@ def coincidence_total_net(
     active = fa.view(torch.uint8).amax(dim=2) > 0
     n_active = int(active.sum())
     if n_active == 0:
-        zeros = torch.zeros((rows, cols), device=dev, dtype=dt)
-        return zeros, zeros.clone()
+        return None
     if n_active > _DENSE_SLOTS * k:
         # most slots active: draw the other side for every slot (no gather)
         fb = torch.rand((batch, bl, n_b), generator=generator, device=dev, dtype=dt) < p_b[:, None, :]
@@ -162,9 +238,7 @@ def coincidence_total_net(
         fx8 = fx.to(torch.int8)  # [n_active, cols]
         sd = fd8 * s_d.index_select(0, sample)
         sx = fx8 * s_x.index_select(0, sample)
-    total = count_matmul(fd8.T.contiguous(), fx8, dt)
-    net = count_matmul(sd.T.contiguous(), sx, dt)
-    return total, net
+    return fd8, fx8, sd, sx
 
 
 def coincidence_counts(

@@ -462,12 +462,16 @@ class TrainingController:
             p = min(1.0, p * cfg.in_chop_states / states_a)
         st.chop_prob = p
 
-    def _pulse(self, backend: CrossbarBackend, counts: torch.Tensor) -> None:
-        """``backend.pulse(counts)``, split into calls the backend accepts (max_pulses_per_call)."""
+    def _limit(self, backend: CrossbarBackend) -> int | None:
+        """The backend's ``info.max_pulses_per_call`` (asked once)."""
         key = id(backend)
         if key not in self._pulse_limit:
             self._pulse_limit[key] = backend.info.max_pulses_per_call
-        limit = self._pulse_limit[key]
+        return self._pulse_limit[key]
+
+    def _pulse(self, backend: CrossbarBackend, counts: torch.Tensor) -> None:
+        """``backend.pulse(counts)``, split into calls the backend accepts (max_pulses_per_call)."""
+        limit = self._limit(backend)
         if limit is None or int(counts.abs().max()) <= limit:
             backend.pulse(counts)
             return
@@ -506,34 +510,36 @@ class TrainingController:
             g = min(m, cols)
             ks = [(st.column + i) % cols for i in range(g)]
             st.column = (st.column + g) % cols
-            self._transfer(st, ks)
+            self._transfer(st, ks, full_counts=bool(self._callbacks["transfer"]))
             m -= g
 
-    def _transfer(self, st: LayerState, ks: list[int]) -> torch.Tensor | None:
-        """Read columns ``ks`` (distinct) of A and move them into H / C; returns the pulses fired."""
+    def _transfer(self, st: LayerState, ks: list[int], full_counts: bool = True) -> torch.Tensor | None:
+        """Read columns ``ks`` (distinct) of A and move them into H / C; returns the pulses fired
+        (``[rows, cols]``; with ``full_counts=False`` only whether any fired: a tensor or None)."""
         cfg = self.config
         a, c = st.arrays["A"], st.arrays["C"]
         assert st.eye is not None and st.R is not None and st.H is not None and st.chop is not None
         m = len(ks)
         if ks == list(range(ks[0], ks[0] + m)):
             sel: slice | torch.Tensor = slice(ks[0], ks[0] + m)  # a view, no gather
-            e = st.eye[sel]
             r_cols = st.R[:, sel]
             h_old = st.H[:, sel]
             chop = st.chop[sel]
         else:
             sel = torch.tensor(ks, device=a.device)
-            e = st.eye.index_select(0, sel)
             r_cols = st.R.index_select(1, sel)
             h_old = st.H.index_select(1, sel)
             chop = st.chop.index_select(0, sel)
+        # [m, rows]: column reads with one-hot inputs e_k (forward_columns: the same as
+        # forward(e) on every backend, without building the one-hot inputs where it can)
         if cfg.n_reads > 1:
-            z = a.forward(e.repeat(cfg.n_reads, 1)).view(cfg.n_reads, m, -1).mean(0)
+            z = a.forward_columns(ks * cfg.n_reads).view(cfg.n_reads, m, -1).mean(0)
         else:
-            z = a.forward(e)  # [m, rows]: column reads with one-hot inputs
+            z = a.forward_columns(ks)
         z = z.T - r_cols  # [rows, m] = (A - R) e_k
         counts = None
         if cfg.algorithm == "tt":
+            e = st.eye[sel] if isinstance(sel, slice) else st.eye.index_select(0, sel)
             c.update(e, -z.T, cfg.transfer_lr * self._rate)
         else:
             if cfg.chopped:
@@ -551,9 +557,15 @@ class TrainingController:
                     h = h.clamp(-thr, thr)
             st.H[:, sel] = h
             if bool(n.any()):
-                counts = torch.zeros(c.shape, dtype=torch.int64, device=c.device)
-                counts[:, sel] = n.to(torch.int64)
-                self._pulse(c, counts)
+                fired = n.to(torch.int64)  # [rows, m]
+                counts = fired
+                if full_counts or self._limit(c) is not None:
+                    counts = torch.zeros(c.shape, dtype=torch.int64, device=c.device)
+                    counts[:, sel] = fired
+                if self._limit(c) is None:
+                    c.pulse_columns(ks, fired)  # the same as c.pulse(counts), one call
+                else:
+                    self._pulse(c, counts)
         if cfg.chopped and st.chop_prob > 0:
             flip = torch.rand(m, generator=self.generator) < st.chop_prob
             if bool(flip.any()):
