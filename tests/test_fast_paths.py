@@ -190,3 +190,47 @@ def test_load_state_dict_does_not_share_the_callers_weights() -> None:
     xb.pulse_columns([3], torch.ones(128, 1, dtype=torch.int64))
     xb.update(torch.rand(4, 256), torch.rand(4, 128) - 0.5, 0.5)
     assert torch.equal(state["weights"], saved)
+
+
+@pytest.mark.parametrize("line_first", [False, True])
+def test_first_side_trains_are_independent_bernoulli(line_first: bool) -> None:
+    """Slot marginals, pairs of slots and per-line counts of both samplers match independent
+    Bernoulli(p) slots (tolerances: 5 standard errors of the estimates)."""
+    from hil.simulated import pulse_trains as pt
+
+    bl, reps = 31, 4000
+    p_line = torch.tensor([0.0, 0.0005, 0.003, 0.02, 0.2, 0.6, 1.0])
+    n = p_line.numel()
+    # many samples of the same lines; sparse enough for line-first when most lines are rare
+    p = p_line.repeat(reps, 1)
+    if not line_first:
+        p = p[:, :3]  # rare lines only ...
+        p_line = p_line[:3]
+        n = 3
+    g = torch.Generator().manual_seed(7)
+    old = pt._LINE_FIRST_MIN
+    pt._LINE_FIRST_MIN = 1 if line_first else 10**12
+    try:
+        if line_first:  # force the line-first branch for every line (its cost test passes)
+            p = torch.cat([p, torch.zeros(reps, 200)], dim=1)
+        trains = pt.first_side_trains(p, torch.log1p(-p), bl, g)[:, :, :n].double()  # [reps, bl, n]
+    finally:
+        pt._LINE_FIRST_MIN = old
+    pl = p_line.double()
+    se = (pl * (1 - pl) / (reps * bl)).sqrt().clamp(min=1e-4)
+    assert bool(((trains.mean(dim=(0, 1)) - pl).abs() <= 5 * se + 1e-12).all())
+    # slot-wise: the first and the last slot fire as often as any other (no position bias)
+    for t in (0, bl - 1):
+        se_t = (pl * (1 - pl) / reps).sqrt().clamp(min=1e-3)
+        assert bool(((trains[:, t].mean(0) - pl).abs() <= 5 * se_t).all())
+    # independence of two slots: P(both) = p^2
+    both = (trains[:, 0] * trains[:, 5]).mean(0)
+    se_b = (pl**2 * (1 - pl**2) / reps).sqrt().clamp(min=1e-3)
+    assert bool(((both - pl**2).abs() <= 5 * se_b).all())
+    # count per line: Binomial(bl, p) mean and variance
+    counts = trains.sum(1)
+    var = bl * pl * (1 - pl)
+    assert bool(((counts.mean(0) - bl * pl).abs() <= 5 * (var / reps).sqrt() + 1e-9).all())
+    mu4 = bl * pl * (1 - pl) * (1 + 3 * (bl - 2) * pl * (1 - pl))  # 4th central moment
+    ok = (counts.var(0) - var).abs() <= 5 * ((mu4 - var**2).clamp(min=0) / reps).sqrt() + 1e-9
+    assert bool(ok.all())

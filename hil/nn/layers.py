@@ -40,7 +40,7 @@ Tile = tuple[CrossbarBackend, float]
 def _abs_max_rows(t: torch.Tensor) -> torch.Tensor:
     """Per-row scale ``max_j |t_ij|`` ``[n, 1]`` (1 for an all-zero row)."""
     m = t.abs().amax(dim=1, keepdim=True)
-    return torch.where(m > 0, m, torch.ones_like(m))
+    return torch.where(m > 0, m, 1.0)
 
 
 class _AnalogMatmul(torch.autograd.Function):
@@ -186,15 +186,17 @@ class AnalogLayer(nn.Module):
         """
         if not self._pending:
             return None
-        pending, self._pending = self._pending, []
-        if len(pending) == 1:
-            return pending[0]
+        # list methods, not attribute assignment (nn.Module.__setattr__ costs ~10 us a call)
+        if len(self._pending) == 1:
+            return self._pending.pop()
+        pending = self._pending.copy()
+        self._pending.clear()
         x = torch.cat([p[0] for p in pending])
         d = torch.cat([p[1] for p in pending])
         return x, d, sum(p[2] for p in pending)
 
     def clear_pending(self) -> None:
-        self._pending = []
+        self._pending.clear()
 
     def extra_repr(self) -> str:
         arrays = ", ".join(f"{type(b).__name__}x{c:g}" for b, c in self.tiles) or "no array"
