@@ -17,8 +17,14 @@ and prints the ratio (ours / aihwkit) of the median samples per second.
 
 Threads are pinned to 1 on both sides (``torch.set_num_threads(1)``), and said so.
 
+``--profile``: instead of timing, run our training once per workload under cProfile and
+print where the time goes (inclusive time of the main parts of a training step, in % of
+the run; cProfile's own overhead inflates the Python-heavy parts), and the number of torch
+operations per batch (counted with a TorchDispatchMode).
+
     python benchmarks/train_throughput.py [--aihwkit-python .aihwkit/bin/python]
         [--repeats 3] [--samples 1000] [--json PATH]
+    python benchmarks/train_throughput.py --profile [--samples 500]
 """
 
 from __future__ import annotations
@@ -106,6 +112,80 @@ def workload_data(name: str, samples: int) -> tuple[torch.Tensor, torch.Tensor, 
 
 def ours(x: torch.Tensor, y: torch.Tensor, sizes: list[int], torch_device: str, bs: int = 10) -> float:
     """Samples per second of our TTv2 (recommended digits settings) over the whole of (x, y)."""
+    run = _our_training(x, y, sizes, torch_device, bs)
+    run(min(10 * bs, x.shape[0]))  # warm-up
+    if torch_device == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    run(x.shape[0])
+    if torch_device == "cuda":
+        torch.cuda.synchronize()
+    return x.shape[0] / (time.perf_counter() - t)
+
+
+# (label, [(file name ending, function name), ...]): inclusive times summed; the indented
+# parts belong to the controller step and overlap (a transfer's C pulses are device responses)
+PROFILE_PARTS = [
+    ("controller step (all of the below)", [("training/controller.py", "step")]),
+    ("  pulse trains (probabilities, draws)", [("pulse_trains.py", "draw_trains")]),
+    ("  coincidence counts incl. trains", [("pulse_trains.py", "coincidence_total_net"),
+                                          ("pulse_trains.py", "coincidence_pulsed")]),
+    ("  device responses (A updates and C pulses)", [("devices.py", "_apply"),
+                                                     ("devices.py", "apply_total_net_at"),
+                                                     ("devices.py", "apply_signed_at")]),
+    ("  transfers (reads, H, and their C pulses)", [("training/controller.py", "_transfer")]),
+    ("forward MVMs (AnalogLayer.mvm_forward)", [("nn/layers.py", "mvm_forward")]),
+    ("backward MVMs (AnalogLayer.mvm_backward)", [("nn/layers.py", "mvm_backward")]),
+    ("backend input checks (check_vectors / check_matrix)", [("hil/checks.py", "check_vectors"),
+                                                             ("hil/checks.py", "check_matrix")]),
+]
+
+
+def profile(x: torch.Tensor, y: torch.Tensor, sizes: list[int], name: str, samples: int, bs: int = 10) -> dict:
+    """cProfile breakdown (PROFILE_PARTS, % of the run) and torch operations per batch of one run."""
+    import cProfile
+    import pstats
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class _CountOps(TorchDispatchMode):
+        ops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+            _CountOps.ops += 1
+            return func(*args, **(kwargs or {}))
+
+    n = min(samples, x.shape[0]) - min(samples, x.shape[0]) % bs
+    run = _our_training(x, y, sizes, "cpu", bs)
+    run(10 * bs)  # warm-up
+    batches = min(20, n // bs)
+    with _CountOps():
+        run(batches * bs)
+    prof = cProfile.Profile()
+    t = time.perf_counter()
+    prof.enable()
+    run(n)
+    prof.disable()
+    wall = time.perf_counter() - t
+    stats = pstats.Stats(prof).stats  # type: ignore[attr-defined]
+    total = sum(v[2] for v in stats.values())  # all own times: the profiled run
+    parts = {}
+    for label, funcs in PROFILE_PARTS:
+        ct = sum(v[3] for (f, _, fn), v in stats.items() for end, want in funcs if f.endswith(end) and fn == want)
+        parts[label] = 100.0 * ct / total
+    step = parts[PROFILE_PARTS[0][0]]
+    fwd_bwd = parts[PROFILE_PARTS[5][0]] + parts[PROFILE_PARTS[6][0]]
+    parts["rest (loss, autograd, Python loop)"] = max(0.0, 100.0 - step - fwd_bwd)
+    print(f"{name}: {n} samples under cProfile in {wall:.2f} s; {_CountOps.ops / batches:.0f} torch "
+          f"operations per batch of {bs}")
+    for label, pct in parts.items():
+        print(f"  {label:52s} {pct:5.1f} %")
+    return {"workload": name, "samples": n, "seconds_under_cprofile": wall,
+            "torch_ops_per_batch": _CountOps.ops / batches, "percent": parts}
+
+
+def _our_training(x: torch.Tensor, y: torch.Tensor, sizes: list[int], torch_device: str, bs: int):  # noqa: ANN202
+    """``run(n)``: TTv2 training (recommended digits settings) on the first ``n`` samples."""
     from hil.nn import AnalogLinear
     from hil.training import TrainingController, recommended_config, simulated_factory
     from hil.training.digits import digits_device, digits_periphery
@@ -129,14 +209,7 @@ def ours(x: torch.Tensor, y: torch.Tensor, sizes: list[int], torch_device: str, 
             F.cross_entropy(model(x[b : b + bs]), y[b : b + bs]).backward()
             ctl.step()
 
-    run(min(10 * bs, x.shape[0]))  # warm-up
-    if torch_device == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    run(x.shape[0])
-    if torch_device == "cuda":
-        torch.cuda.synchronize()
-    return x.shape[0] / (time.perf_counter() - t)
+    return run
 
 
 def aihwkit(python: str, data_file: str, sizes: list[int], cuda: bool, bs: int = 10) -> float:
@@ -163,8 +236,17 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--workloads", default="digits-mlp,mlp-784")
     p.add_argument("--devices", default="auto", help="cpu, cuda, or auto (cpu + cuda if present)")
     p.add_argument("--json", default=None, help="write the figures here")
+    p.add_argument("--profile", action="store_true",
+                   help="print where our training's time goes (cProfile) instead of timing")
     args = p.parse_args(argv)
     torch.set_num_threads(THREADS)
+    if args.profile:
+        rows = [profile(*workload_data(name, args.samples or 500), name, args.samples or 500)
+                for name in args.workloads.split(",")]
+        report = {"threads": THREADS, "torch": torch.__version__, "profile": rows}
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        return report
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) if args.devices == "auto" else args.devices.split(",")
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(f"torch {torch.__version__}, threads pinned to {torch.get_num_threads()} (both sides); "

@@ -234,3 +234,25 @@ def test_first_side_trains_are_independent_bernoulli(line_first: bool) -> None:
     mu4 = bl * pl * (1 - pl) * (1 + 3 * (bl - 2) * pl * (1 - pl))  # 4th central moment
     ok = (counts.var(0) - var).abs() <= 5 * ((mu4 - var**2).clamp(min=0) / reps).sqrt() + 1e-9
     assert bool(ok.all())
+
+
+def test_train_throughput_benchmark_smoke(tmp_path) -> None:
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "train_throughput.py"
+    spec = importlib.util.spec_from_file_location("train_throughput", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "tp.json"
+    mod.main(["--workloads", "digits-mlp", "--samples", "40", "--repeats", "1", "--devices", "cpu",
+              "--json", str(out)])
+    row = json.loads(out.read_text())["results"][0]
+    assert row["workload"] == "digits-mlp" and row["samples"] == 40
+    assert row["ours_samples_per_s"]["median"] > 0 and "aihwkit_samples_per_s" not in row
+    prof = mod.main(["--profile", "--workloads", "digits-mlp", "--samples", "40"])["profile"][0]
+    assert prof["torch_ops_per_batch"] > 50
+    pct = prof["percent"]
+    assert 0 < pct["controller step (all of the below)"] <= 100
+    assert pct["  pulse trains (probabilities, draws)"] <= pct["  coincidence counts incl. trains"]
