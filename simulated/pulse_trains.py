@@ -115,6 +115,11 @@ def _rows_first(p_d: torch.Tensor, p_x: torch.Tensor, bl: int) -> tuple[bool, to
     return cost_d <= cost_x, lp_d, lp_x
 
 
+# Updates whose trains have at most this many slots x lines in all (both sides) draw the
+# side with fewer lines first without estimating the cost (the estimate's operations cost
+# more than the at most this many draws a worse choice can add).
+_SMALL_TRAINS = 32768
+
 # First-side trains of at least this many slots x lines are drawn line by line (below) when
 # few lines fire: about batch * lines + fires * (bl + 1) random numbers instead of
 # batch * bl * lines (in the 784-256-128-10 MLP's TTv2 updates, 79360 -> ~3000 per update).
@@ -122,10 +127,10 @@ _LINE_FIRST_MIN = 16384
 
 
 def first_side_trains(
-    p: torch.Tensor, log1m_p: torch.Tensor, bl: int, generator: torch.Generator
+    p: torch.Tensor, log1m_p: torch.Tensor | None, bl: int, generator: torch.Generator
 ) -> torch.Tensor:
     """Independent Bernoulli trains ``[batch, bl, n]`` (bool): slot ``t`` of line ``i`` of
-    sample ``b`` fires with probability ``p[b, i]`` (``log1m_p = log(1 - p)``).
+    sample ``b`` fires with probability ``p[b, i]`` (``log1m_p = log(1 - p)``, or None).
 
     Drawn slot by slot (``bl`` uniforms per line), or -- for large trains where few lines
     fire at all -- line first, which is exact in distribution and needs far fewer draws:
@@ -138,6 +143,8 @@ def first_side_trains(
     dev, dt = p.device, p.dtype
     dense = batch * bl * n
     if dense >= _LINE_FIRST_MIN:
+        if log1m_p is None:
+            log1m_p = torch.log1p(-p)
         q = torch.expm1(log1m_p * bl).neg_()  # [batch, n]: the line fires in some slot
         if batch * n + float(q.sum()) * (bl + 1) <= 0.5 * dense:
             u = torch.rand((batch, n), generator=generator, device=dev, dtype=dt)
@@ -176,7 +183,8 @@ def coincidence_total_net(
     ``W`` along ``d x^T``.
 
     The trains of one side (rows or columns, whichever needs fewer random draws in
-    expectation) are drawn for all ``batch * BL`` slots (slot by slot, or line first where
+    expectation; on small arrays the one with fewer lines) are drawn for all ``batch * BL``
+    slots (slot by slot, or line first where
     few lines fire: :func:`first_side_trains`); those of the other side only
     for the slots in which at least one line of the first side fires (elsewhere no
     device can see a coincidence), or for all slots when most of them are active.  The
@@ -254,7 +262,10 @@ def draw_trains(
     sign = -1 if lr > 0 else 1
     s_x = torch.sign(x).to(torch.int8)
     s_d = (torch.sign(d) * sign).to(torch.int8)
-    rows_first, lp_d, lp_x = _rows_first(p_d, p_x, bl)
+    if batch * bl * (rows + cols) <= _SMALL_TRAINS:
+        rows_first, lp_d, lp_x = rows <= cols, None, None
+    else:
+        rows_first, lp_d, lp_x = _rows_first(p_d, p_x, bl)
     p_a, p_b = (p_d, p_x) if rows_first else (p_x, p_d)
     n_a, n_b = p_a.shape[1], p_b.shape[1]
     k = batch * bl

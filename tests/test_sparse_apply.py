@@ -26,7 +26,7 @@ from hil.device_model import (
     SoftBoundsStep,
     TableStep,
 )
-from hil.simulated import SimulatedCrossbar, UpdateConfig
+from hil.simulated import SimulatedCrossbar, UpdateConfig, pulse_trains
 from hil.simulated.devices import SPARSE_MIN_DEVICES, DeviceArray
 from hil.simulated.pulse_trains import coincidence_total_net, pulse_probabilities
 
@@ -287,12 +287,15 @@ def test_transfer_pulses_touch_only_their_column() -> None:
 
 # -------------------------------------------------- pulse trains: draw order
 @pytest.mark.parametrize("sparse_side", ["rows", "cols", "none"])
-def test_active_slot_draw_keeps_expectation(sparse_side: str) -> None:
+@pytest.mark.parametrize("estimate", [True, False])  # the cost estimate, or small-array rule
+def test_active_slot_draw_keeps_expectation(sparse_side: str, estimate: bool, monkeypatch) -> None:
     """Mean total coincidences per device ``BL sum_b p_d p_x`` and net ``BL sum_b
     sign p_d p_x`` (documented model), whichever side's trains are drawn first, and with
     the second side drawn for the active slots only or (``none``: most slots active)
     for all.  A sum over reps * batch * BL independent slots: binomial standard errors."""
     rows, cols, batch, bl, reps, lr, dw = 12, 16, 3, 31, 400, 0.05, 0.01
+    if estimate:  # else: rows (fewer lines) first without the estimate
+        monkeypatch.setattr(pulse_trains, "_SMALL_TRAINS", 0)
     g = torch.Generator().manual_seed(12)
     x = torch.rand(batch, cols, generator=g) - 0.5
     d = torch.rand(batch, rows, generator=g) - 0.5
