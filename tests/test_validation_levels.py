@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -43,6 +45,31 @@ def test_mvm_three_times_the_read_noise_fails() -> None:
     assert not rep.passed
     noise = next(s for s in rep.statistics if s.name == "mvm_noise_std")
     assert noise.status == "fail" and noise.candidate == pytest.approx(3 * noise.reference, rel=0.15)
+
+
+def test_mvm_records_the_start_state_and_warns_when_the_sides_start_apart(tmp_path) -> None:
+    model = get_preset("rram-softbounds-20")
+
+    def at(w0: float, seed: int) -> SimulatedCrossbar:
+        return SimulatedCrossbar(16, 16, device=model, seed=seed, initial_weight=w0,
+                                 periphery=PeripheryConfig(out_noise=0.06))
+
+    rep, _, _ = validate_mvm(at(-0.8, 1), at(-0.8, 2))
+    assert rep.warnings == []
+    assert rep.reference.start_weight_mean == pytest.approx(-0.8, abs=0.05)
+    assert rep.candidate.start_weight_mean == pytest.approx(-0.8, abs=0.05)
+    rep, _, _ = validate_mvm(at(-0.8, 1), at(0.0, 2))
+    assert len(rep.warnings) == 1 and "different states" in rep.warnings[0]
+    assert rep.candidate.start_weight_mean == pytest.approx(0.0, abs=0.05)
+    # a 1.0 report (without start states and warnings) still loads
+    old = rep.model_dump(mode="json")
+    old.update(schema_version="1.0")
+    old.pop("warnings")
+    for side in ("reference", "candidate"):
+        old[side].pop("start_weight_mean")
+        old[side].pop("start_weight_std")
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert MvmValidationReport.load(tmp_path / "old.json").warnings == []
 
 
 def test_mvm_refuses_different_shapes() -> None:

@@ -46,13 +46,15 @@ def test_loop_cli_unusable_backend_exits_2(tmp_path: Path) -> None:
 
 
 def test_loop_cli_on_a_small_emulated_chip(tmp_path: Path) -> None:
-    # mechanics of ``hil loop``: every file, the JSON result, the exit status of the verdict
+    # mechanics of ``hil loop``: every file, the JSON result, the exit status of the verdict;
+    # and the MVM check programs the fitted simulator from the state the protocol left the chip
+    # in (write-verify's precision depends on it), not from weight 0
     spec = _emulator("loop-cli-chip", 4, 4)
     proto = tmp_path / "protocol.json"
     PulseProtocol(n_up=30, n_down=30, cycles=4, repeated_reads=3).save(proto)
     res = CliRunner().invoke(cli, ["loop", "--backend", spec, "--rows", "4", "--cols", "4", "--protocol", str(proto),
                                    "--out", str(tmp_path / "out"), "--json", str(tmp_path / "loop.json"),
-                                   "--no-progress"])
+                                   "--mvm", "--no-progress"])
     assert res.exit_code in (0, 1), res.output
     result = LoopResult.load(tmp_path / "loop.json")
     assert res.exit_code == (0 if result.passed else 1)
@@ -60,6 +62,11 @@ def test_loop_cli_on_a_small_emulated_chip(tmp_path: Path) -> None:
     assert result.validation.reference.devices == 16 and result.validation.candidate.devices == 16
     for name in ("chip.csv", "simulated.csv", "device.json", "report/report.md", "report/trajectories.png"):
         assert (tmp_path / "out" / name).exists(), name
+    assert result.mvm is not None
+    ref, cand = result.mvm["reference"], result.mvm["candidate"]
+    assert ref["start_weight_mean"] < -0.3  # the chip is near its lower bound after the down pulses
+    assert abs(cand["start_weight_mean"] - ref["start_weight_mean"]) <= result.mvm["config"]["program_tol"]
+    assert result.mvm["warnings"] == []
 
 
 @pytest.mark.slow

@@ -22,7 +22,8 @@ Optional: a **control** (``control="constant"``): a deliberately wrong model, a
 constant-step device with the fitted model's step at its symmetry point, bounds,
 noise and variation, characterized and validated the same way; it must fail.
 And ``mvm=True``: :func:`hil.validation.mvm.validate_mvm` between the backend and
-the fitted simulator.
+the fitted simulator of step 4, both in the state the protocol left them in (the
+write-verify's precision depends on the state it starts from).
 
 Nothing of the backend's own device model is used: only what the contract
 returns (``read``, ``info``) and the readout range.  A backend with an ``arm()``
@@ -156,8 +157,11 @@ def _start_weight(chip_csv: Path, model: DeviceModel) -> float:
     return float(np.clip(w, model.step.w_min, model.step.w_max))
 
 
-def _simulate(model: DeviceModel, cfg: LoopConfig, out_csv: Path, start_w: float, label: str) -> None:
-    """Characterize the simulator of ``model`` with the loop's protocol (siemens via its mapping)."""
+def _simulate(model: DeviceModel, cfg: LoopConfig, out_csv: Path, start_w: float, label: str) -> Any:
+    """Characterize the simulator of ``model`` with the loop's protocol (siemens via its mapping).
+
+    Returns the simulator, left in the state the protocol leaves it in (the chip's state
+    after the same protocol, in distribution)."""
     from hil.calibration.mapping import Mapping
 
     if model.conductance is None:
@@ -165,6 +169,7 @@ def _simulate(model: DeviceModel, cfg: LoopConfig, out_csv: Path, start_w: float
     sim = fitted_simulator(model, cfg.rows, cfg.cols, cfg.sim_seed, start_w)
     mapping = Mapping.from_model(model.conductance, model.provenance)
     _characterize(sim, cfg.protocol, mapping, out_csv, f"sim:{label}", cfg.progress)
+    return sim
 
 
 def run_loop(
@@ -219,7 +224,7 @@ def run_loop(
         log(f"[3/5] build the simulator (seed {cfg.sim_seed}, start weight {start_w:.3f})")
         log("[4/5] characterize the simulator with the same protocol")
         sim_csv = out / "simulated.csv"
-        _simulate(model, cfg, sim_csv, start_w, "device.json")
+        sim = _simulate(model, cfg, sim_csv, start_w, "device.json")
         times["characterize_simulator"] = time.perf_counter() - t
         t = time.perf_counter()
         log("[5/5] validate the simulator against the backend")
@@ -247,9 +252,13 @@ def run_loop(
 
             t = time.perf_counter()
             log("[mvm] the same MVM test vectors on the backend and on the fitted simulator")
-            sim2 = fitted_simulator(model, cfg.rows, cfg.cols, cfg.sim_seed + 1, None)
-            mrep, ra, rb = validate_mvm(chip, sim2)
+            # the simulator that went through the same protocol as the chip: both start the
+            # MVM test's write-verify from the state that protocol leaves (the result depends
+            # on it: docs/validation.md, "MVM and training level")
+            mrep, ra, rb = validate_mvm(chip, sim)
             mrep.figures = [write_mvm_figure(ra, rb, report_dir / "mvm_errors.png").name]
+            for warning in mrep.warnings:
+                log(f"[mvm] warning: {warning}")
             mrep.save(out / "mvm_report.json")
             mvm = mrep.model_dump(mode="json")
             times["mvm"] = time.perf_counter() - t
