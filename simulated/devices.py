@@ -702,7 +702,8 @@ class DeviceArray:
             dense = float(full.sign().sum()) > frac * size
         if dense:
             stuck = self.stuck if self._any_stuck() else None
-            dense_p = self._coefficients().dense
+            coeffs = self._coefficients()
+            dense_p = coeffs.dense
             if self.kind == "constant":
                 n_up, n_down = split(None)
                 out = self._apply_constant(w, n_up, n_down, generator, dense_p, stuck)
@@ -714,7 +715,7 @@ class DeviceArray:
             if peak <= 0:
                 return w
             n_up, n_down = split(None)
-            out = self._apply_pulses(w, n_up, n_down, peak, dense_p, stuck, generator, max_chunks)
+            out = self._apply_pulses(w, n_up, n_down, peak, dense_p, stuck, generator, max_chunks, coeffs)
             if self.offset is not None:
                 self._redraw_offset(full, None, generator)
             return out
@@ -801,7 +802,7 @@ class DeviceArray:
         if self.kind == "constant":
             ws = self._apply_constant(ws, n_up, n_down, generator, p, stuck)
         else:
-            ws = self._apply_pulses(ws, n_up, n_down, peak, p, stuck, generator, max_chunks)
+            ws = self._apply_pulses(ws, n_up, n_down, peak, p, stuck, generator, max_chunks, coeffs)
         out = flat_w if inplace else flat_w.clone()
         out.index_copy_(0, idx, ws)
         return out.view(w.shape)
@@ -816,14 +817,16 @@ class DeviceArray:
         stuck: torch.Tensor | None,
         generator: torch.Generator,
         max_chunks: int,
+        coeffs: _Coefficients | None = None,
     ) -> torch.Tensor:
         """Chunked application of ``n_up`` / ``n_down`` pulses (non-constant steps).
 
         All tensors share one shape: ``[rows, cols]`` (dense) or ``[n]`` (gathered devices);
         ``peak``: the largest ``n_up + n_down`` (> 0); ``p``: the devices' coefficients
-        (:meth:`_coefficients`), ``stuck`` their stuck mask.
+        (from ``coeffs``, default :meth:`_coefficients`), ``stuck`` their stuck mask.
         """
-        coeffs = self._coefficients()
+        if coeffs is None:
+            coeffs = self._coefficients()
         if coeffs.bounded:
             return self._apply_bounded_affine(w, n_up, n_down, peak, p, stuck, generator, max_chunks)
         w0 = w
