@@ -66,7 +66,8 @@ def test_loop_cli_on_a_small_emulated_chip(tmp_path: Path) -> None:
     ref, cand = result.mvm["reference"], result.mvm["candidate"]
     assert ref["start_weight_mean"] < -0.3  # the chip is near its lower bound after the down pulses
     assert abs(cand["start_weight_mean"] - ref["start_weight_mean"]) <= result.mvm["config"]["program_tol"]
-    assert result.mvm["warnings"] == []
+    assert result.mvm["warnings"] == [] and "MVM warning" not in res.output
+    assert "MVM validation: " in res.output
 
 
 @pytest.mark.slow

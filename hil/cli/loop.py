@@ -79,6 +79,8 @@ def loop(
         failed = [s["name"] for s in result.mvm["statistics"] if s["status"] == "fail"]
         click.echo(f"MVM validation: {'PASS' if result.mvm['passed'] else 'FAIL'}"
                    + (f" ({', '.join(failed)})" if failed else ""))
+        for warning in result.mvm.get("warnings", []):
+            click.echo(f"MVM warning: {warning}")
     click.echo(f"report: {result.report_dir}/report.md")
     verdict = result.validation.verdict
     text = {"pass": "PASSES", "fail": "FAILS", "insufficient": "CANNOT BE JUDGED (insufficient replication) in"}
