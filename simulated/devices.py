@@ -8,7 +8,9 @@ in at most ``max_chunks`` vectorized sub-steps:
 
 - ``constant``: exact in one step.
 - ``linear`` / ``softbounds``: the mean response to ``n`` pulses is the exact
-  geometric closed form of the affine step, per chunk (ups, then downs).
+  geometric closed form of the affine step, per chunk (ups, then downs); where every
+  device's fixed points are its bounds (soft bounds, ``gamma = 1``) the chunks are
+  composed in closed form too (:meth:`DeviceArray._affine_composite`), no loop.
 - ``pow`` / ``exp`` / ``table``: a second-order scheme per chunk of ``h`` pulses
   (the step evaluated at ``w + (h - 1) / 2 * f(w)``, which matches the
   pulse-by-pulse map to second order in the step); a chunk of one pulse is

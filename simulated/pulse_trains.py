@@ -12,7 +12,8 @@ management): ``C = sqrt(lr d_max / (dw BL x_max))``.  Each device gets at most
 
 All coincidences of a mini-batch are counted at once with two matrix products
 over the ``batch * BL`` slot axis (total pulses and signed net pulses; only the
-slots in which some line of one side fires are drawn for the other side), which
+slots in which some line of one side fires are drawn for the other side, and a
+sparse first side is drawn line first: :func:`first_side_trains`), which
 gives the number of up and down pulses per device; the device model then
 applies them interleaved.  No Python loop over devices, pulses or samples.
 The products are exact integer arithmetic: int8 GEMM (``torch._int_mm``) on
