@@ -299,7 +299,8 @@ def fit_model(
     """Fit ``fam`` to the rows ``score [S, T]`` starting from ``init`` (name -> [D] or scalar).
 
     ``keep_scales`` (table, pooled): fit the shared nodes with the per-device scale factors
-    and bounds of ``init`` held fixed (the second half of the alternating table fit).
+    and bounds of ``init`` held fixed (the second half of the alternating table fit); the
+    result carries those held values per device (length D), the fitted ones pooled (length 1).
     ``fit_write``: also fit the write-noise offset (``write_sd``, ``write_rho``, shared by all
     devices, also in per-device fits).  Otherwise the write noise is held at ``init``'s values
     (none when ``init`` has no ``write_sd``).  The read noise is fitted (shared) when
@@ -364,7 +365,11 @@ def fit_model(
         se_flat = np.zeros(0)
         success, message, nfev = True, "no free parameters", 1
     arr = prob.arrays(theta, None)
-    values = {k: (v[0] if per_device else v[0, :1]).copy() for k, v in arr.items()}
+    # a pooled fit returns one value per parameter, except the per-device scales and bounds that
+    # ``keep_scales`` holds: they go back as they came, one per device (the per-device refit
+    # that follows starts from them, not from the first device's)
+    held = set(fam.shape_names()) if keep_scales else set()
+    values = {k: (v[0] if per_device or k in held else v[0, :1]).copy() for k, v in arr.items()}
     se: dict[str, np.ndarray] = {}
     for i, s in enumerate(slots):
         if s.name not in se:

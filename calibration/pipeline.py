@@ -93,6 +93,9 @@ UNDETERMINED_MODEL = 1.0
 # the extreme reads (READ_EXTREME_Q-th and 100 - READ_EXTREME_Q-th percentile)
 HARD_BOUND_KINDS = ("constant", "table")
 READ_EXTREME_Q = 0.5
+# read percentiles at which the per-device fits of constant/table try their hard bounds first
+# (:func:`scan_hard_bounds`; the 0.5th is READ_EXTREME_Q, the 100 - q-th for upper bounds)
+BOUND_SCAN_Q = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0)
 # ... unless the data reject the bound there: the NLL rises by more than this (one parameter,
 # likelihood ratio at about 5 %: chi2(1) 3.84 / 2)
 BOUND_NATS = 2.0
@@ -353,6 +356,50 @@ def device_extremes(seq: Sequences, score: np.ndarray, q: float = 0.5) -> tuple[
     return lo, hi
 
 
+def scan_hard_bounds(fam: Family, seq: Sequences, score: np.ndarray, start: dict[str, Any]) -> dict[str, Any]:
+    """Per-device starting values of the hard bounds (``constant``, ``table``) from a profile scan.
+
+    A hard bound only clamps, so the likelihood is flat in it wherever the filter's predicted
+    states stay clear of it: it has no gradient there.  A device that sits at its bound for many
+    pulses has reads scattered about it by the read noise, so its extreme reads
+    (:func:`device_extremes`) lie a few read-noise standard deviations beyond the bound; where its
+    steps near the bound are smaller than that (the ENODe table's down steps near its lower end,
+    0.002 against a read noise of 0.005), a bound started there is not clamped by the predicted
+    states, the optimizer cannot move it, and the shared steps absorb the stall instead (the
+    table round trip's seed 8: -306 nats for one device).  So each bound is scanned over the
+    device's read percentiles ``BOUND_SCAN_Q`` (and the starting value itself), with the other
+    parameters at ``start``, and every device starts from its candidate of lowest NLL; ``w_min``
+    first, then ``w_max`` at the chosen ``w_min``.  ``start`` holds per-device arrays (length D)
+    or scalars; returns a copy with per-device ``w_min`` / ``w_max``.
+    """
+    n_dev = seq.n_devices
+    values = {k: np.broadcast_to(np.atleast_1d(np.asarray(v, dtype=np.float64)), (n_dev,)).copy()
+              if np.size(v) in (1, n_dev) else np.asarray(v) for k, v in start.items()}
+    if fam.kind not in HARD_BOUND_KINDS or "w_min" not in values:
+        return values
+    present = seq.device_rows(score)
+    cands: dict[str, list[np.ndarray]] = {"w_min": [values["w_min"]], "w_max": [values["w_max"]]}
+    for q in BOUND_SCAN_Q:
+        lo, hi = read_extremes(seq, score, True, q)
+        cands["w_min"].append(np.minimum(lo, -2e-3))
+        cands["w_max"].append(np.maximum(hi, 2e-3))
+    probe = FitResult(kind=fam.kind, per_device=True, values=values, se={}, nll=0.0, n_scored=0, k=0,
+                      success=True, message="", nfev=0)
+    for name in ("w_min", "w_max"):
+        trials = []
+        for c in cands[name]:
+            trial = {k: v.copy() for k, v in values.items()}
+            trial[name] = c
+            if name == "w_max":
+                trial[name] = np.maximum(c, trial["w_min"] + 1e-3)
+            trials.append((trial[name], device_nll(fam, seq, replace(probe, values=trial), score)))
+        nll = np.stack([t[1] for t in trials])
+        best = np.argmin(nll, axis=0)
+        chosen = np.stack([t[0] for t in trials])[best, np.arange(n_dev)]
+        values[name] = np.where(present, chosen, values[name])
+    return values
+
+
 def read_extremes(
     seq: Sequences, score: np.ndarray, per_device: bool, q: float = READ_EXTREME_Q
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -387,7 +434,8 @@ def bounds_at_reads(fam: Family, seq: Sequences, score: np.ndarray, fit: FitResu
     ``BOUND_NATS`` (a likelihood-ratio test of one parameter at about 5 %), as when a sweep
     starts below the 0.5th percentile of its reads or touches the bound at its last pulses
     only.  Then the extreme read itself is tried the same way; a bound that the data reject
-    there too lies where the reads reach it and is kept.  A bound so set is not determined by
+    there too lies where the reads reach it and is kept, determined only if the data also reject
+    moving it away from the reads (:func:`_bound_left_at_reads`).  A bound so set is not determined by
     the data: its standard error is set to infinity (a per-device fit's nominal bound then
     comes from the devices that reached it, see :func:`_summarize`), and the simulated device
     does not go beyond the range the device was measured in.  The fit's NLL is recomputed
@@ -427,6 +475,8 @@ def bounds_at_reads(fam: Family, seq: Sequences, score: np.ndarray, fit: FitResu
             nll_dev = device_nll(fam, seq, cur, score)
             set_at[take], cost_at[take] = ext[take], cost[take]
             what[take] = f"percentile {q if name == 'w_min' else 100 - q:g}"
+        lines += _bound_left_at_reads(fam, seq, score, cur, nll_dev, name, present & np.isnan(set_at),
+                                      extremes[-1][1], se)
         took = ~np.isnan(set_at)
         if not took.any():
             continue
@@ -443,6 +493,55 @@ def bounds_at_reads(fam: Family, seq: Sequences, score: np.ndarray, fit: FitResu
     if not lines:
         return fit, []
     return replace(cur, se=se, nll=float(nll_dev.sum())), lines
+
+
+def _bound_left_at_reads(
+    fam: Family,
+    seq: Sequences,
+    score: np.ndarray,
+    fit: FitResult,
+    nll_dev: np.ndarray,
+    name: str,
+    inside: np.ndarray,
+    extreme_reads: tuple[np.ndarray, np.ndarray],
+    se: dict[str, np.ndarray],
+) -> list[str]:
+    """A hard bound left within the reads is determined only if the data reject moving it away.
+
+    The likelihood of a hard bound is one-sided: flat beyond the states the filter predicts,
+    rising where the bound clamps them.  A device still moving when its runs end (the table round
+    trip's devices whose drawn lower bound lies below where 300 down pulses of 0.002 take them)
+    leaves its fitted bound at that kink, where the finite-difference Fisher information sees
+    the rising side only and gives a finite standard error (0.0033 for a bound whose true value
+    lies 0.10 below the lowest read, seed 8).  So every bound of ``inside`` (those :func:`bounds_at_reads` did not set) is
+    moved one span of the reads (``extreme_reads``: lowest and highest, per device or pooled)
+    away from them; where the NLL rises by at most ``BOUND_NATS`` the data do not tell where the
+    bound is beyond the reads: its standard error in ``se`` is set to infinity (its value, at the
+    reads, is kept).  Returns one line when any was.
+    """
+    if not inside.any():
+        return []
+    per = len(fit.values[name]) > 1
+    lo, hi = extreme_reads
+    span = np.maximum(hi - lo, 1e-3)
+    values = {k: a.copy() for k, a in fit.values.items()}
+    away = values[name] - span if name == "w_min" else values[name] + span
+    values[name][inside] = away[inside]
+    nll_trial = device_nll(fam, seq, replace(fit, values=values), score)
+    cost = nll_trial - nll_dev if per else np.array([float((nll_trial - nll_dev).sum())])
+    flat = inside & (cost <= BOUND_NATS)
+    if not flat.any():
+        return []
+    if name in se:
+        se[name][flat] = np.inf
+    where = f"{int(flat.sum())} of {int(inside.sum())} devices" if per else "the fit"
+    shown = np.nonzero(flat)[0][:4]
+    more = ", ..." if flat.sum() > 4 else ""
+    return [
+        f"{name}: not reached by the reads ({where}; moving it one span of the reads away changes the NLL by "
+        f"{float(cost[flat].max()):+.3g} nats at most): left at {', '.join(f'{fit.values[name][i]:.4g}' for i in shown)}"
+        f"{more}, not determined"
+    ]
 
 
 def write_noise_undetermined(fit: FitResult, longest_run: int | None = None) -> list[str]:
@@ -605,6 +704,8 @@ def _per_device(
             own["gamma_up"] = np.clip(start["gamma_up"] * own["w_max"] / start["w_max"], g_lo, 0.99 * g_hi)
             own["gamma_down"] = np.clip(start["gamma_down"] * own["w_min"] / start["w_min"], g_lo, 0.99 * g_hi)
             starts = [own, start]
+        elif fam.kind in HARD_BOUND_KINDS:
+            starts = [scan_hard_bounds(fam, seq, score, own)]
         else:
             starts = [start] if fam.kind == "pow" else [own]
     fits = [fit_model(fam, seq, score, st, per_device=True, read_sd_fixed=read_per, max_nfev=max_nfev,
