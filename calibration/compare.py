@@ -82,6 +82,19 @@ def device_ranges(ms: MeasurementSet) -> dict[str, float]:
     return out
 
 
+def previous_rows(codes: np.ndarray) -> np.ndarray:
+    """For every row, the index of the previous row of the same device (-1 for a device's
+    first row): ``codes [N]`` integer device codes in file order (``MeasurementSet.device_codes``)."""
+    codes = np.asarray(codes)
+    prev = np.full(len(codes), -1, dtype=np.int64)
+    if len(codes) == 0:
+        return prev
+    order = np.argsort(codes, kind="stable")  # rows grouped by device, file order kept inside
+    same = codes[order][1:] == codes[order][:-1]
+    prev[order[1:][same]] = order[:-1][same]
+    return prev
+
+
 def replay_metrics(
     measured: MeasurementSet,
     simulated: MeasurementSet | Sequence[MeasurementSet],
@@ -105,11 +118,7 @@ def replay_metrics(
     ranges = device_ranges(measured)
     codes, names = measured.device_codes()
     starts = measured.segment_starts()
-    prev = np.full(n, -1, dtype=np.int64)
-    last: dict[int, int] = {}
-    for i, c in enumerate(codes):
-        prev[i] = last.get(int(c), -1)
-        last[int(c)] = i
+    prev = previous_rows(codes)
     per_device: dict[str, dict[str, float]] = {}
     nrmse_sq = []
     lo_of = {d: float(np.percentile(measured.conductance[measured.device == d], 1.0)) for d in names}
@@ -277,11 +286,7 @@ def protocol_shift(ms: MeasurementSet, held: np.ndarray) -> dict[str, Any] | Non
             "heldout_outside_fraction": float(outside[held & pulse].mean()),
         }
     ranges = device_ranges(ms)
-    prev = np.full(len(ms), -1, dtype=np.int64)
-    last: dict[int, int] = {}
-    for i, c in enumerate(codes):
-        prev[i] = last.get(int(c), -1)
-        last[int(c)] = i
+    prev = previous_rows(codes)
     ok = pulse & ~ms.segment_starts() & (prev >= 0)
     scale = np.array([ranges[names[c]] for c in codes])
     dg = np.zeros(len(ms))

@@ -224,16 +224,12 @@ def response_by_width(cal: Any, max_v: float = 1.0) -> list[dict[str, Any]]:
     """Measured mean change per pulse (range-normalized) of pulses with |amplitude| below ``max_v``,
     by pulse width, up and down, with the fraction of those pulses that are held out: how the
     response to one amplitude depends on the width (docs/calibration.md, section 7)."""
-    from hil.calibration.compare import device_ranges
+    from hil.calibration.compare import device_ranges, previous_rows
 
     ms = cal.measurements
     codes, names = ms.device_codes()
     ranges = device_ranges(ms)
-    prev = np.full(len(ms), -1, dtype=np.int64)
-    last: dict[int, int] = {}
-    for i, c in enumerate(codes):
-        prev[i] = last.get(int(c), -1)
-        last[int(c)] = i
+    prev = previous_rows(codes)
     ok = (ms.polarity != 0) & ~ms.segment_starts() & (prev >= 0)
     ok &= np.abs(ms.optional["amplitude_v"]) < max_v
     idx = np.nonzero(ok)[0]

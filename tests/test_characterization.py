@@ -252,3 +252,12 @@ def test_replay_metrics_noise_floor_and_amplitude_groups() -> None:
     assert all(abs(g["ratio"] - 1) < 0.5 for g in groups)
     # one replay: no floor
     assert "nrmse_noise_floor_median" not in replay_metrics(measured, reps[0])
+
+
+def test_previous_rows_of_the_same_device() -> None:
+    """``previous_rows``: the previous row of the same device in file order, -1 for a first row."""
+    from hil.calibration.compare import previous_rows
+
+    codes = np.array([2, 0, 2, 1, 0, 0, 2])
+    assert previous_rows(codes).tolist() == [-1, -1, 0, -1, 1, 4, 2]
+    assert previous_rows(np.array([], dtype=np.int64)).tolist() == []
