@@ -128,6 +128,81 @@ class FilterOutput:
     pred: np.ndarray | None  # [B, S, T] one-step predictions
 
 
+@dataclass
+class _Setup:
+    """What both filters start from: broadcast parameters ``[B, S]``, bounds, the pulse masks
+    ``[S, T]`` and per-step flags ``[T]``, output buffers ``[B, S, T]``, the first state."""
+
+    t_stop: int
+    full: tuple[int, int]
+    p: dict[str, np.ndarray]
+    c2: np.ndarray
+    r: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    ups: np.ndarray
+    pulses: np.ndarray
+    any_up: np.ndarray
+    any_dn: np.ndarray
+    any_pulse: np.ndarray
+    all_pulse: np.ndarray
+    any_reset: np.ndarray
+    nu: np.ndarray
+    var: np.ndarray
+    state: np.ndarray | None
+    pred: np.ndarray | None
+    x: np.ndarray
+
+
+def _setup(
+    seq: Sequences,
+    fam: Family,
+    params: dict[str, np.ndarray],
+    c2c: np.ndarray,
+    read_var: np.ndarray,
+    t_stop: int | None,
+    keep_state: bool,
+    extra: tuple[Any, ...] = (),
+) -> _Setup:
+    """The common start of :func:`run_filter` and :func:`_run_filter_offset` (``extra``: more
+    arrays whose leading dimension may set the batch size B)."""
+    s_count, t_len = seq.shape
+    t_stop = t_len if t_stop is None else min(t_stop, t_len)
+    shapes = [np.shape(v) for v in params.values()] + [np.shape(c2c), np.shape(read_var)]
+    shapes += [np.shape(v) for v in extra]
+    b = max([s[0] if len(s) == 2 else 1 for s in shapes] + [1])
+    full = (b, s_count)
+    p = {k: np.broadcast_to(np.asarray(v, dtype=np.float64), full) for k, v in params.items()}
+    p = fam.prepare(p)
+    lo, hi = fam.bounds_of(p)
+    lo = np.broadcast_to(lo, full)
+    hi = np.broadcast_to(hi, full)
+    ups = seq.pol > 0
+    dns = seq.pol < 0
+    pulses = ups | dns
+    return _Setup(
+        t_stop=t_stop,
+        full=full,
+        p=p,
+        c2=np.broadcast_to(np.asarray(c2c, dtype=np.float64), full),
+        r=np.broadcast_to(np.asarray(read_var, dtype=np.float64), full),
+        lo=lo,
+        hi=hi,
+        ups=ups,
+        pulses=pulses,
+        any_up=ups.any(axis=0),
+        any_dn=dns.any(axis=0),
+        any_pulse=pulses.any(axis=0),
+        all_pulse=pulses.all(axis=0),
+        any_reset=seq.reset.any(axis=0),
+        nu=np.zeros((b, s_count, t_len)),
+        var=np.ones((b, s_count, t_len)),
+        state=np.zeros((b, s_count, t_len)) if keep_state else None,
+        pred=np.zeros((b, s_count, t_len)) if keep_state else None,
+        x=clip(np.broadcast_to(seq.y[:, 0], full), lo, hi),
+    )
+
+
 def run_filter(
     seq: Sequences,
     fam: Family,
@@ -153,29 +228,12 @@ def run_filter(
     if np.any(np.asarray(write_var) > 0):
         return _run_filter_offset(seq, fam, params, c2c, read_var, write_var, write_rho, t_stop, keep_state,
                                   step_scale)
-    s_count, t_len = seq.shape
-    t_stop = t_len if t_stop is None else min(t_stop, t_len)
-    shapes = [np.shape(v) for v in params.values()] + [np.shape(c2c), np.shape(read_var)]
-    b = max([s[0] if len(s) == 2 else 1 for s in shapes] + [1])
-    full = (b, s_count)
-    p = {k: np.broadcast_to(np.asarray(v, dtype=np.float64), full) for k, v in params.items()}
-    c2 = np.broadcast_to(np.asarray(c2c, dtype=np.float64), full)
-    r = np.broadcast_to(np.asarray(read_var, dtype=np.float64), full)
-    p = fam.prepare(p)
-    lo, hi = fam.bounds_of(p)
-    lo = np.broadcast_to(lo, full)
-    hi = np.broadcast_to(hi, full)
-    ups = seq.pol > 0
-    dns = seq.pol < 0
-    pulses = ups | dns
-    any_up, any_dn = ups.any(axis=0), dns.any(axis=0)
-    any_pulse, all_pulse = pulses.any(axis=0), pulses.all(axis=0)
-    any_reset = seq.reset.any(axis=0)
-    nu = np.zeros((b, s_count, t_len))
-    var = np.ones((b, s_count, t_len))
-    state = np.zeros((b, s_count, t_len)) if keep_state else None
-    pred = np.zeros((b, s_count, t_len)) if keep_state else None
-    x = clip(np.broadcast_to(seq.y[:, 0], full), lo, hi)
+    s = _setup(seq, fam, params, c2c, read_var, t_stop, keep_state)
+    p, c2, r, lo, hi, x = s.p, s.c2, s.r, s.lo, s.hi, s.x
+    ups, pulses, any_up, any_dn, all_pulse, any_pulse, any_reset = (
+        s.ups, s.pulses, s.any_up, s.any_dn, s.all_pulse, s.any_pulse, s.any_reset
+    )
+    nu, var, state, pred, t_stop = s.nu, s.var, s.state, s.pred, s.t_stop
     pv = r.copy()
     for t in range(t_stop):
         yt = seq.y[:, t]
@@ -224,35 +282,16 @@ def _run_filter_offset(
     diffuse prior on ``h`` and ``o ~ N(0, sigma_o^2)``: ``h = y``, ``var h = sigma_o^2 + r``,
     ``cov(h, o) = -sigma_o^2``.
     """
-    s_count, t_len = seq.shape
-    t_stop = t_len if t_stop is None else min(t_stop, t_len)
-    shapes = [np.shape(v) for v in params.values()] + [
-        np.shape(c2c), np.shape(read_var), np.shape(write_var), np.shape(write_rho)
-    ]
-    b = max([s[0] if len(s) == 2 else 1 for s in shapes] + [1])
-    full = (b, s_count)
-    p = {k: np.broadcast_to(np.asarray(v, dtype=np.float64), full) for k, v in params.items()}
-    c2 = np.broadcast_to(np.asarray(c2c, dtype=np.float64), full)
-    r = np.broadcast_to(np.asarray(read_var, dtype=np.float64), full)
+    s = _setup(seq, fam, params, c2c, read_var, t_stop, keep_state, (write_var, write_rho))
+    p, c2, r, lo, hi, x = s.p, s.c2, s.r, s.lo, s.hi, s.x
+    ups, pulses, any_up, any_dn, all_pulse, any_pulse, any_reset = (
+        s.ups, s.pulses, s.any_up, s.any_dn, s.all_pulse, s.any_pulse, s.any_reset
+    )
+    nu, var, state, pred, t_stop, full = s.nu, s.var, s.state, s.pred, s.t_stop, s.full
     so2 = np.broadcast_to(np.asarray(write_var, dtype=np.float64), full)
     rho = np.broadcast_to(np.asarray(write_rho, dtype=np.float64), full)
     rho2 = rho * rho
     q_off = (1.0 - rho2) * so2
-    p = fam.prepare(p)
-    lo, hi = fam.bounds_of(p)
-    lo = np.broadcast_to(lo, full)
-    hi = np.broadcast_to(hi, full)
-    ups = seq.pol > 0
-    dns = seq.pol < 0
-    pulses = ups | dns
-    any_up, any_dn = ups.any(axis=0), dns.any(axis=0)
-    any_pulse, all_pulse = pulses.any(axis=0), pulses.all(axis=0)
-    any_reset = seq.reset.any(axis=0)
-    nu = np.zeros((b, s_count, t_len))
-    var = np.ones((b, s_count, t_len))
-    state = np.zeros((b, s_count, t_len)) if keep_state else None
-    pred = np.zeros((b, s_count, t_len)) if keep_state else None
-    x = clip(np.broadcast_to(seq.y[:, 0], full), lo, hi)
     o = np.zeros(full)
     phh = so2 + r
     pho = -so2
