@@ -45,7 +45,7 @@ from torch import nn
 
 THREADS = 1
 
-AIHWKIT_CHILD = r'''
+AIHWKIT_CHILD = r"""
 import json, sys, time
 import torch
 torch.set_num_threads(int(sys.argv[3]))
@@ -63,6 +63,9 @@ device = SoftBoundsDevice(
 )
 rpu = build_config("ttv2", device)
 rpu.forward.out_noise = spec["read_noise"]
+if spec.get("bl"):
+    rpu.update.desired_bl = spec["bl"]
+    rpu.update.update_bl_management = False
 sizes = spec["sizes"]
 layers = []
 for i in range(len(sizes) - 1):
@@ -95,7 +98,7 @@ if spec["cuda"]:
 dt = time.perf_counter() - t
 print(json.dumps({"samples": int(x.shape[0]), "seconds": dt, "samples_per_s": x.shape[0] / dt,
                   "threads": torch.get_num_threads()}))
-'''
+"""
 
 
 def workload_data(name: str, samples: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
@@ -107,20 +110,71 @@ def workload_data(name: str, samples: int) -> tuple[torch.Tensor, torch.Tensor, 
         return d.x_train[:n].contiguous(), d.y_train[:n].contiguous(), [64, 32, 10]
     g = torch.Generator().manual_seed(0)
     n = samples or 1000
-    return torch.rand(n, 784, generator=g), torch.randint(0, 10, (n,), generator=g), [784, 256, 128, 10]
+    return (
+        torch.rand(n, 784, generator=g),
+        torch.randint(0, 10, (n,), generator=g),
+        [784, 256, 128, 10],
+    )
 
 
-def ours(x: torch.Tensor, y: torch.Tensor, sizes: list[int], torch_device: str, bs: int = 10) -> float:
-    """Samples per second of our TTv2 (recommended digits settings) over the whole of (x, y)."""
-    run = _our_training(x, y, sizes, torch_device, bs)
-    run(min(10 * bs, x.shape[0]))  # warm-up
+def ours(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    sizes: list[int],
+    torch_device: str,
+    bs: int = 10,
+    update: bool = True,
+) -> float:
+    """Samples per second of our TTv2 (recommended digits settings) over the whole of (x, y).
+
+    ``update=False``: the same analog forward and backward passes (through the backends'
+    MVMs, periphery noise included) without ``controller.step()`` -- the speed that no
+    implementation of the update can exceed with this forward/backward path.
+    """
+    return _timed(
+        _our_training(x, y, sizes, torch_device, bs, update), x.shape[0], torch_device, bs
+    )
+
+
+def digital(
+    x: torch.Tensor, y: torch.Tensor, sizes: list[int], torch_device: str, bs: int = 10
+) -> float:
+    """Samples per second of the same network in plain torch (``nn.Linear``, ``torch.optim.SGD``):
+    the speed of torch's own eager autograd and optimizer at this size, no analog anything."""
+    torch.manual_seed(0)
+    model = nn.Sequential(*_layers(sizes, nn.Linear)).to(torch_device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = x.to(torch_device), y.to(torch_device)
+
+    def run(n: int) -> None:
+        for b in range(0, n, bs):
+            opt.zero_grad()
+            F.cross_entropy(model(x[b : b + bs]), y[b : b + bs]).backward()
+            opt.step()
+
+    return _timed(run, x.shape[0], torch_device, bs)
+
+
+def _timed(run, n: int, torch_device: str, bs: int) -> float:  # noqa: ANN001
+    """Samples per second of ``run(n)`` after a warm-up of ``run(10 * bs)``."""
+    run(min(10 * bs, n))  # warm-up
     if torch_device == "cuda":
         torch.cuda.synchronize()
     t = time.perf_counter()
-    run(x.shape[0])
+    run(n)
     if torch_device == "cuda":
         torch.cuda.synchronize()
-    return x.shape[0] / (time.perf_counter() - t)
+    return n / (time.perf_counter() - t)
+
+
+def _layers(sizes: list[int], linear) -> list[nn.Module]:  # noqa: ANN001
+    """``linear(in, out)`` layers with sigmoids between them."""
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            layers.append(nn.Sigmoid())
+    return layers
 
 
 # (label, [(file name ending, function name), ...]): inclusive times summed; the indented
@@ -128,20 +182,31 @@ def ours(x: torch.Tensor, y: torch.Tensor, sizes: list[int], torch_device: str, 
 PROFILE_PARTS = [
     ("controller step (all of the below)", [("training/controller.py", "step")]),
     ("  pulse trains (probabilities, draws)", [("pulse_trains.py", "draw_trains")]),
-    ("  coincidence counts incl. trains", [("pulse_trains.py", "coincidence_total_net"),
-                                          ("pulse_trains.py", "coincidence_pulsed")]),
-    ("  device responses (A updates and C pulses)", [("devices.py", "_apply"),
-                                                     ("devices.py", "apply_total_net_at"),
-                                                     ("devices.py", "apply_signed_at")]),
+    (
+        "  coincidence counts incl. trains",
+        [("pulse_trains.py", "coincidence_total_net"), ("pulse_trains.py", "coincidence_pulsed")],
+    ),
+    (
+        "  device responses (A updates and C pulses)",
+        [
+            ("devices.py", "_apply"),
+            ("devices.py", "apply_total_net_at"),
+            ("devices.py", "apply_signed_at"),
+        ],
+    ),
     ("  transfers (reads, H, and their C pulses)", [("training/controller.py", "_transfer")]),
     ("forward MVMs (AnalogLayer.mvm_forward)", [("nn/layers.py", "mvm_forward")]),
     ("backward MVMs (AnalogLayer.mvm_backward)", [("nn/layers.py", "mvm_backward")]),
-    ("backend input checks (check_vectors / check_matrix)", [("hil/checks.py", "check_vectors"),
-                                                             ("hil/checks.py", "check_matrix")]),
+    (
+        "backend input checks (check_vectors / check_matrix)",
+        [("hil/checks.py", "check_vectors"), ("hil/checks.py", "check_matrix")],
+    ),
 ]
 
 
-def profile(x: torch.Tensor, y: torch.Tensor, sizes: list[int], name: str, samples: int, bs: int = 10) -> dict:
+def profile(
+    x: torch.Tensor, y: torch.Tensor, sizes: list[int], name: str, samples: int, bs: int = 10
+) -> dict:
     """cProfile breakdown (PROFILE_PARTS, % of the run) and torch operations per batch of one run."""
     import cProfile
     import pstats
@@ -171,34 +236,55 @@ def profile(x: torch.Tensor, y: torch.Tensor, sizes: list[int], name: str, sampl
     total = sum(v[2] for v in stats.values())  # all own times: the profiled run
     parts = {}
     for label, funcs in PROFILE_PARTS:
-        ct = sum(v[3] for (f, _, fn), v in stats.items() for end, want in funcs if f.endswith(end) and fn == want)
+        ct = sum(
+            v[3]
+            for (f, _, fn), v in stats.items()
+            for end, want in funcs
+            if f.endswith(end) and fn == want
+        )
         parts[label] = 100.0 * ct / total
     step = parts[PROFILE_PARTS[0][0]]
     fwd_bwd = parts[PROFILE_PARTS[5][0]] + parts[PROFILE_PARTS[6][0]]
     parts["rest (loss, autograd, Python loop)"] = max(0.0, 100.0 - step - fwd_bwd)
-    print(f"{name}: {n} samples under cProfile in {wall:.2f} s; {_CountOps.ops / batches:.0f} torch "
-          f"operations per batch of {bs}")
+    print(
+        f"{name}: {n} samples under cProfile in {wall:.2f} s; {_CountOps.ops / batches:.0f} torch "
+        f"operations per batch of {bs}"
+    )
     for label, pct in parts.items():
         print(f"  {label:52s} {pct:5.1f} %")
-    return {"workload": name, "samples": n, "seconds_under_cprofile": wall,
-            "torch_ops_per_batch": _CountOps.ops / batches, "percent": parts}
+    return {
+        "workload": name,
+        "samples": n,
+        "seconds_under_cprofile": wall,
+        "torch_ops_per_batch": _CountOps.ops / batches,
+        "percent": parts,
+    }
 
 
-def _our_training(x: torch.Tensor, y: torch.Tensor, sizes: list[int], torch_device: str, bs: int):  # noqa: ANN202
-    """``run(n)``: TTv2 training (recommended digits settings) on the first ``n`` samples."""
+def _our_training(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    sizes: list[int],
+    torch_device: str,
+    bs: int,
+    update: bool = True,
+):  # noqa: ANN202
+    """``run(n)``: TTv2 training (recommended digits settings) on the first ``n`` samples
+    (``update=False``: without the controller's step)."""
     from hil.nn import AnalogLinear
     from hil.training import TrainingController, recommended_config, simulated_factory
     from hil.training.digits import digits_device, digits_periphery
 
     torch.manual_seed(0)
-    layers: list[nn.Module] = []
-    for i in range(len(sizes) - 1):
-        layers.append(AnalogLinear(sizes[i], sizes[i + 1]))
-        if i < len(sizes) - 2:
-            layers.append(nn.Sigmoid())
-    model = nn.Sequential(*layers).to(torch_device)
+    model = nn.Sequential(*_layers(sizes, AnalogLinear)).to(torch_device)
     cfg = recommended_config("ttv2", "mlp")
-    factory = simulated_factory(digits_device(20, 1.0, 0.3), digits_periphery(0.06), bl=cfg.bl, seed=1, torch_device=torch_device)
+    factory = simulated_factory(
+        digits_device(20, 1.0, 0.3),
+        digits_periphery(0.06),
+        bl=cfg.bl,
+        seed=1,
+        torch_device=torch_device,
+    )
     ctl = TrainingController(model, cfg, factory)
     ctl.prepare()
     x, y = x.to(torch_device), y.to(torch_device)
@@ -207,20 +293,35 @@ def _our_training(x: torch.Tensor, y: torch.Tensor, sizes: list[int], torch_devi
         for b in range(0, n, bs):
             ctl.zero_grad()
             F.cross_entropy(model(x[b : b + bs]), y[b : b + bs]).backward()
-            ctl.step()
+            if update:
+                ctl.step()
 
     return run
 
 
-def aihwkit(python: str, data_file: str, sizes: list[int], cuda: bool, bs: int = 10) -> float:
+def aihwkit(
+    python: str, data_file: str, sizes: list[int], cuda: bool, bs: int = 10, bl: int = 0
+) -> float:
+    """Samples per second of aihwkit's TTv2 preset (``bl`` > 0: with a fixed bit length ``bl``,
+    bit-length management off, as ours) in a subprocess of ``python``."""
     spec = {
-        "sizes": sizes, "batch": bs, "dw": 0.1, "c2c": 1.0, "d2d": 0.3, "read_noise": 0.06,
-        "lr": 0.1, "cuda": cuda,
+        "sizes": sizes,
+        "batch": bs,
+        "dw": 0.1,
+        "c2c": 1.0,
+        "d2d": 0.3,
+        "read_noise": 0.06,
+        "lr": 0.1,
+        "cuda": cuda,
+        "bl": bl,
     }
     env = dict(os.environ, OMP_NUM_THREADS=str(THREADS), MKL_NUM_THREADS=str(THREADS))
     out = subprocess.run(
         [python, "-c", AIHWKIT_CHILD, json.dumps(spec), data_file, str(THREADS)],
-        capture_output=True, text=True, env=env, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
     )
     if out.returncode != 0:
         raise RuntimeError(f"aihwkit run failed ({python}):\n{out.stderr[-3000:]}")
@@ -228,63 +329,144 @@ def aihwkit(python: str, data_file: str, sizes: list[int], cuda: bool, bs: int =
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--aihwkit-python", default=None, help="interpreter of an environment with aihwkit")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--aihwkit-python", default=None, help="interpreter of an environment with aihwkit"
+    )
     p.add_argument("--repeats", type=int, default=3, help="alternating repetitions per side")
-    p.add_argument("--samples", type=int, default=0,
-                   help="training samples per measurement (0: digits 1347, mlp-784 1000)")
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=0,
+        help="training samples per measurement (0: digits 1347, mlp-784 1000)",
+    )
     p.add_argument("--workloads", default="digits-mlp,mlp-784")
     p.add_argument("--devices", default="auto", help="cpu, cuda, or auto (cpu + cuda if present)")
     p.add_argument("--json", default=None, help="write the figures here")
-    p.add_argument("--profile", action="store_true",
-                   help="print where our training's time goes (cProfile) instead of timing")
+    p.add_argument(
+        "--aihwkit-bl",
+        default="0",
+        help="comma-separated aihwkit bit lengths: 0 = its TTv2 preset (BL 5 with "
+        "bit-length management), N = a fixed BL N as ours (e.g. 0,31)",
+    )
+    p.add_argument(
+        "--ceilings",
+        action="store_true",
+        help="also time our forward/backward without the update and the same "
+        "network in plain digital torch: the most any update could reach",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="print where our training's time goes (cProfile) instead of timing",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(THREADS)
     if args.profile:
-        rows = [profile(*workload_data(name, args.samples or 500), name, args.samples or 500)
-                for name in args.workloads.split(",")]
+        rows = [
+            profile(*workload_data(name, args.samples or 500), name, args.samples or 500)
+            for name in args.workloads.split(",")
+        ]
         report = {"threads": THREADS, "torch": torch.__version__, "profile": rows}
         if args.json:
             Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
         return report
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) if args.devices == "auto" else args.devices.split(",")
+    devices = (
+        ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        if args.devices == "auto"
+        else args.devices.split(",")
+    )
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    print(f"torch {torch.__version__}, threads pinned to {torch.get_num_threads()} (both sides); "
-          f"batch 10; repeats {args.repeats}; {os.cpu_count()} CPUs, load average "
-          + (" ".join(f"{v:.2f}" for v in load) if load else "n/a"))
-    report: dict = {"threads": THREADS, "torch": torch.__version__, "cpus": os.cpu_count(),
-                    "load_average_start": load, "results": []}
+    print(
+        f"torch {torch.__version__}, threads pinned to {torch.get_num_threads()} (both sides); "
+        f"batch 10; repeats {args.repeats}; {os.cpu_count()} CPUs, load average "
+        + (" ".join(f"{v:.2f}" for v in load) if load else "n/a")
+    )
+    report: dict = {
+        "threads": THREADS,
+        "torch": torch.__version__,
+        "cpus": os.cpu_count(),
+        "load_average_start": load,
+        "results": [],
+    }
     for name in args.workloads.split(","):
         x, y, sizes = workload_data(name, args.samples)
         with tempfile.TemporaryDirectory() as tmp:
             data_file = str(Path(tmp) / "data.pt")
             torch.save({"x": x, "y": y}, data_file)
             for dev in devices:
-                mine, theirs = [], []
-                for _ in range(args.repeats):
-                    mine.append(ours(x, y, sizes, dev))
-                    if args.aihwkit_python:
-                        theirs.append(aihwkit(args.aihwkit_python, data_file, sizes, dev == "cuda"))
-                row = {
-                    "workload": name, "device": dev, "samples": int(x.shape[0]),
-                    "ours_samples_per_s": {"min": min(mine), "median": statistics.median(mine), "all": mine},
-                }
-                line = (f"{name:11s} {dev:4s} ours TTv2 {statistics.median(mine):9.0f} samples/s "
-                        f"(min {min(mine):.0f})")
-                if theirs:
-                    ratio = statistics.median(mine) / statistics.median(theirs)
-                    ratios = [a / b for a, b in zip(mine, theirs, strict=True)]
-                    row["aihwkit_samples_per_s"] = {"min": min(theirs), "median": statistics.median(theirs), "all": theirs}
-                    row["ratio_median"] = ratio
-                    row["ratio_min"] = min(ratios)
-                    line += (f" | aihwkit TTv2 {statistics.median(theirs):9.0f} samples/s (min {min(theirs):.0f})"
-                             f" | ratio {ratio:.2f}x (per-pair min {min(ratios):.2f}x)")
-                print(line, flush=True)
-                report["results"].append(row)
+                report["results"].append(_measure(name, dev, x, y, sizes, data_file, args))
     report["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _measure(
+    name: str,
+    dev: str,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    sizes: list[int],
+    data_file: str,
+    args: argparse.Namespace,
+) -> dict:
+    """One workload on one torch device: all sides alternated ``args.repeats`` times; prints
+    and returns medians, minima and ratios to aihwkit (the preset's, or each BL's)."""
+    bls = [int(v) for v in str(args.aihwkit_bl).split(",")] if args.aihwkit_python else []
+    sides: dict[str, list[float]] = {"ours": []}
+    for _ in range(args.repeats):
+        sides["ours"].append(ours(x, y, sizes, dev))
+        if args.ceilings:
+            sides.setdefault("ours_without_update", []).append(ours(x, y, sizes, dev, update=False))
+            sides.setdefault("digital_torch", []).append(digital(x, y, sizes, dev))
+        for bl in bls:
+            key = "aihwkit" if bl == 0 else f"aihwkit_bl{bl}"
+            sides.setdefault(key, []).append(
+                aihwkit(args.aihwkit_python, data_file, sizes, dev == "cuda", bl=bl)
+            )
+    mine = sides["ours"]
+    row: dict = {
+        "workload": name,
+        "device": dev,
+        "samples": int(x.shape[0]),
+        "ours_samples_per_s": {"min": min(mine), "median": statistics.median(mine), "all": mine},
+    }
+    labels = {
+        "ours": "ours TTv2",
+        "ours_without_update": "ours, forward/backward only",
+        "digital_torch": "digital torch MLP",
+        "aihwkit": "aihwkit TTv2 preset",
+    }
+    for key, vals in sides.items():
+        if key != "ours":
+            row[f"{key}_samples_per_s"] = {
+                "min": min(vals),
+                "median": statistics.median(vals),
+                "all": vals,
+            }
+        label = labels.get(key, f"aihwkit TTv2, BL {key[len('aihwkit_bl') :]}")
+        print(
+            f"{name:11s} {dev:4s} {label:30s} {statistics.median(vals):9.0f} samples/s (min {min(vals):.0f})",
+            flush=True,
+        )
+    for key in [k for k in sides if k.startswith("aihwkit")]:
+        ref = sides[key]
+        suffix = "" if key == "aihwkit" else key[len("aihwkit") :]
+        ratio = statistics.median(mine) / statistics.median(ref)
+        ratios = [a / b for a, b in zip(mine, ref, strict=True)]
+        row[f"ratio_median{suffix}"] = ratio
+        row[f"ratio_min{suffix}"] = min(ratios)
+        line = f"{name:11s} {dev:4s}   ratio ours / {labels.get(key, key):20s} {ratio:.2f}x (per-pair min {min(ratios):.2f}x)"
+        for ceil in ("ours_without_update", "digital_torch"):
+            if ceil in sides:
+                c = statistics.median(sides[ceil]) / statistics.median(ref)
+                row[f"ceiling_{ceil}{suffix}"] = c
+                line += f"; {labels[ceil]} {c:.2f}x"
+        print(line, flush=True)
+    return row
 
 
 if __name__ == "__main__":

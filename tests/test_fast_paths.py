@@ -247,10 +247,12 @@ def test_train_throughput_benchmark_smoke(tmp_path) -> None:
     spec.loader.exec_module(mod)
     out = tmp_path / "tp.json"
     mod.main(["--workloads", "digits-mlp", "--samples", "40", "--repeats", "1", "--devices", "cpu",
-              "--json", str(out)])
+              "--ceilings", "--json", str(out)])
     row = json.loads(out.read_text())["results"][0]
     assert row["workload"] == "digits-mlp" and row["samples"] == 40
     assert row["ours_samples_per_s"]["median"] > 0 and "aihwkit_samples_per_s" not in row
+    for ceiling in ("ours_without_update", "digital_torch"):
+        assert row[f"{ceiling}_samples_per_s"]["median"] > 0
     prof = mod.main(["--profile", "--workloads", "digits-mlp", "--samples", "40"])["profile"][0]
     assert prof["torch_ops_per_batch"] > 50
     pct = prof["percent"]
