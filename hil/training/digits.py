@@ -58,11 +58,13 @@ RECOMMENDED["cnn"] = {
     "analog_sgd": {"lr": 0.5, "schedule": "cosine", "final_lr_fraction": 0.0},
     "tt": {"lambda_A": 2.0, "transfer_lr": 0.2, "n_s": 2, "transfer_columns": 2, "lr": 0.5,
            "schedule": "cosine", "final_lr_fraction": 0.0},
-    "ttv2": {"lambda_A": 2.0, "lambda_H": 0.1, "n_s": 2, "transfer_columns": 2, "threshold": 1.0,
-             "max_pulses": 2, "lr": 0.5, "schedule": "cosine", "final_lr_fraction": 0.0},
-    "cttv2": {"lambda_A": 2.0, "lambda_H": 0.1, "n_s": 2, "transfer_columns": 2, "threshold": 1.0,
-              "max_pulses": 2, "lr": 0.5, "schedule": "cosine", "final_lr_fraction": 0.0,
-              "in_chop_prob": 0.1},
+    "ttv2": {"lambda_A": 40.0, "lambda_A_unit": "pulses", "lambda_H": 0.1, "n_s": 2,
+             "transfer_columns": 2, "threshold": 1.0, "max_pulses": None, "max_step": 0.2,
+             "zero_shift_reads": 500, "lr": 0.5, "schedule": "cosine", "final_lr_fraction": 0.0},
+    "cttv2": {"lambda_A": 40.0, "lambda_A_unit": "pulses", "lambda_H": 0.1, "n_s": 2,
+              "transfer_columns": 2, "threshold": 1.0, "max_pulses": None, "max_step": 0.2,
+              "zero_shift_reads": 500, "lr": 0.5, "schedule": "cosine", "final_lr_fraction": 0.0,
+              "in_chop_prob": 0.1, "in_chop_states": 20.0},
 }
 
 # Named alternatives to RECOMMENDED, applied on top of it (algorithms without an entry keep
