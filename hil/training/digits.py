@@ -34,6 +34,16 @@ from hil.training.loop import evaluate, fit
 
 Network = Literal["mlp", "cnn"]
 
+# TTv2 / c-TTv2 settings shared by both networks (rates in pulses of A's nominal step, a
+# long zero-shift for a good reference R, the cosine decay); each network sets lambda_A,
+# max_step and the bias rate.
+_TTV2_COMMON: dict[str, Any] = {
+    "lambda_A_unit": "pulses", "lambda_H": 0.1, "n_s": 2, "transfer_columns": 2,
+    "threshold": 1.0, "max_pulses": None, "zero_shift_reads": 500, "schedule": "cosine",
+    "final_lr_fraction": 0.0,
+}
+_CHOPPER: dict[str, Any] = {"in_chop_prob": 0.1, "in_chop_states": 20.0}
+
 # Tuned on the base point (20 states, c2c 1.0, read noise 0.06, d2d 0.3) with the
 # search in docs/training.md; the same settings are used on every point of the grid.
 RECOMMENDED: dict[str, dict[str, dict[str, Any]]] = {
@@ -42,29 +52,19 @@ RECOMMENDED: dict[str, dict[str, dict[str, Any]]] = {
         "analog_sgd": {"lr": 0.2, "schedule": "cosine", "final_lr_fraction": 0.0},
         "tt": {"lambda_A": 1.0, "transfer_lr": 0.05, "n_s": 2, "transfer_columns": 2, "lr": 2.0,
                "schedule": "cosine", "final_lr_fraction": 0.0},
-        "ttv2": {"lambda_A": 80.0, "lambda_A_unit": "pulses", "lambda_H": 0.1, "n_s": 2,
-                 "transfer_columns": 2, "threshold": 1.0, "max_pulses": None, "max_step": 0.2,
-                 "zero_shift_reads": 500, "lr": 2.0, "schedule": "cosine", "final_lr_fraction": 0.0},
-        "cttv2": {"lambda_A": 80.0, "lambda_A_unit": "pulses", "lambda_H": 0.1, "n_s": 2,
-                  "transfer_columns": 2, "threshold": 1.0, "max_pulses": None, "max_step": 0.3,
-                  "zero_shift_reads": 500, "lr": 2.0, "schedule": "cosine", "final_lr_fraction": 0.0,
-                  "in_chop_prob": 0.1, "in_chop_states": 20.0},
+        "ttv2": {**_TTV2_COMMON, "lambda_A": 80.0, "max_step": 0.2, "lr": 2.0},
+        "cttv2": {**_TTV2_COMMON, **_CHOPPER, "lambda_A": 80.0, "max_step": 0.3, "lr": 2.0},
     },
-}
-# The CNN has its own entry (tuned the same way, see docs/training.md): its convolutions
-# sum the gradient over every output pixel, so it needs smaller rates and out_scale.
-RECOMMENDED["cnn"] = {
-    "fp_sgd": {"lr": 0.2, "schedule": "cosine", "final_lr_fraction": 0.0},
-    "analog_sgd": {"lr": 0.5, "schedule": "cosine", "final_lr_fraction": 0.0},
-    "tt": {"lambda_A": 2.0, "transfer_lr": 0.2, "n_s": 2, "transfer_columns": 2, "lr": 0.5,
-           "schedule": "cosine", "final_lr_fraction": 0.0},
-    "ttv2": {"lambda_A": 40.0, "lambda_A_unit": "pulses", "lambda_H": 0.1, "n_s": 2,
-             "transfer_columns": 2, "threshold": 1.0, "max_pulses": None, "max_step": 0.2,
-             "zero_shift_reads": 500, "lr": 0.5, "schedule": "cosine", "final_lr_fraction": 0.0},
-    "cttv2": {"lambda_A": 40.0, "lambda_A_unit": "pulses", "lambda_H": 0.1, "n_s": 2,
-              "transfer_columns": 2, "threshold": 1.0, "max_pulses": None, "max_step": 0.2,
-              "zero_shift_reads": 500, "lr": 0.5, "schedule": "cosine", "final_lr_fraction": 0.0,
-              "in_chop_prob": 0.1, "in_chop_states": 20.0},
+    # The CNN (tuned the same way, see docs/training.md): its convolutions sum the gradient
+    # over every output pixel, so it needs smaller rates and out_scale.
+    "cnn": {
+        "fp_sgd": {"lr": 0.2, "schedule": "cosine", "final_lr_fraction": 0.0},
+        "analog_sgd": {"lr": 0.5, "schedule": "cosine", "final_lr_fraction": 0.0},
+        "tt": {"lambda_A": 2.0, "transfer_lr": 0.2, "n_s": 2, "transfer_columns": 2, "lr": 0.5,
+               "schedule": "cosine", "final_lr_fraction": 0.0},
+        "ttv2": {**_TTV2_COMMON, "lambda_A": 40.0, "max_step": 0.2, "lr": 0.5},
+        "cttv2": {**_TTV2_COMMON, **_CHOPPER, "lambda_A": 40.0, "max_step": 0.2, "lr": 0.5},
+    },
 }
 
 # Named alternatives to RECOMMENDED, applied on top of it (algorithms without an entry keep
