@@ -67,6 +67,30 @@ class ProgramReport(HilModel):
     reads: int = Field(description="full-array reads used")
 
 
+def verify_pulse_counts(err: torch.Tensor, step: torch.Tensor, todo: torch.Tensor, cap: int) -> torch.Tensor:
+    """Signed pulse counts ``[rows, cols]`` (int64) of one write-verify round: the error
+    ``err`` (target - read, normalized units) over each device's step estimate ``step``,
+    rounded, at most ``cap`` pulses, at least one on every device in ``todo`` and none
+    elsewhere."""
+    n = torch.round(err / step).clamp(-cap, cap)
+    n = torch.where(todo & (n == 0), torch.sign(err), n)
+    return torch.where(todo, n, torch.zeros_like(n)).to(torch.int64)
+
+
+def refine_step_estimate(
+    step: torch.Tensor, n: torch.Tensor, w_old: torch.Tensor, w_new: torch.Tensor, dw_min: float
+) -> torch.Tensor:
+    """Each device's step estimate ``[rows, cols]`` after ``n`` pulses moved its read from
+    ``w_old`` to ``w_new``: averaged with the measured step only where at least 2 pulses
+    moved the weight the intended way by more than read noise would (0.2 ``dw_min``),
+    capped at 10 ``dw_min``."""
+    moved = n != 0
+    nf = torch.where(moved, n, torch.ones_like(n)).to(w_old.dtype)
+    measured = (w_new - w_old) / nf
+    ok = moved & (measured > 0.2 * dw_min) & (n.abs() >= 2)
+    return torch.where(ok, 0.5 * step + 0.5 * measured.clamp(max=10 * dw_min), step)
+
+
 @dataclass
 class OperationCounts:
     """Calls made to a backend, by operation, so the hardware cost of an algorithm is known."""
@@ -327,20 +351,12 @@ class CrossbarBackend(abc.ABC):
                 if not bool(todo.any()):
                     break
                 iterations += 1
-                n = torch.round(err / step).clamp(-cap, cap)
-                n = torch.where(todo & (n == 0), torch.sign(err), n)
-                n = torch.where(todo, n, torch.zeros_like(n)).to(torch.int64)
+                n = verify_pulse_counts(err, step, todo, cap)
                 self.pulse(n)
                 pulses += int(n.abs().sum())
                 w_new = self.read(n_reads)
                 reads += int(n_reads)
-                moved = n != 0
-                # per-device step estimate from what the pulses actually did: only where at
-                # least 2 pulses moved the weight the intended way by more than read noise would
-                nf = torch.where(moved, n, torch.ones_like(n)).to(w.dtype)
-                measured = (w_new - w) / nf
-                ok = moved & (measured > 0.2 * info.dw_min) & (n.abs() >= 2)
-                step = torch.where(ok, 0.5 * step + 0.5 * measured.clamp(max=10 * info.dw_min), step)
+                step = refine_step_estimate(step, n, w, w_new, info.dw_min)
                 w = w_new
             if not (freeze and int(confirm_reads) > 0) or confirms >= int(confirm_passes):
                 break

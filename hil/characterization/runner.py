@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from hil.backend import CrossbarBackend
+from hil.backend import CrossbarBackend, refine_step_estimate, verify_pulse_counts
 from hil.calibration.mapping import Mapping
 from hil.calibration.measurements import (
     MeasurementSet,
@@ -103,7 +103,8 @@ def set_states(
     """Bring the devices at ``positions`` to ``targets`` (normalized weights).
 
     Uses ``backend.program()`` when the positions fill the whole array, else a
-    write-verify of those devices only (pulses go to no other device).  Returns
+    write-verify of those devices only, with the rounds of ``program()`` (the same pulse
+    counts and step estimates; pulses go to no other device).  Returns
     whether all of them ended within ``tol``.
     """
     rows, cols = backend.shape
@@ -128,16 +129,10 @@ def set_states(
         todo = mask & (err.abs() > tol)
         if not bool(todo.any()):
             break
-        n = torch.round(err / step).clamp(-cap, cap)
-        n = torch.where(todo & (n == 0), torch.sign(err), n)
-        n = torch.where(todo, n, torch.zeros_like(n)).to(torch.int64)
+        n = verify_pulse_counts(err, step, todo, cap)
         backend.pulse(n)
         w_new = backend.read(n_reads).to(torch.float32)
-        moved = n != 0
-        nf = torch.where(moved, n, torch.ones_like(n)).to(torch.float32)
-        measured = (w_new - w) / nf
-        ok = moved & (measured > 0.2 * info.dw_min) & (n.abs() >= 2)
-        step = torch.where(ok, 0.5 * step + 0.5 * measured.clamp(max=10 * info.dw_min), step)
+        step = refine_step_estimate(step, n, w, w_new, info.dw_min)
         w = w_new
     return bool(((target - w).abs() <= tol)[mask].all())
 
