@@ -197,10 +197,16 @@ def coincidence_total_net(
     if trains is None:
         zeros = torch.zeros((d.shape[1], x.shape[1]), device=x.device, dtype=out_dt or torch.float32)  # type: ignore[arg-type]
         return zeros, zeros.clone()
+    return _array_counts(trains, out_dt)  # type: ignore[arg-type]
+
+
+def _array_counts(
+    trains: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], dtype: torch.dtype | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Total and net coincidences ``[rows, cols]`` of every device from :func:`draw_trains`'s
+    trains (``dtype`` as in :func:`count_matmul`)."""
     fd8, fx8, sd, sx = trains
-    total = count_matmul(fd8.T.contiguous(), fx8, out_dt)  # type: ignore[arg-type]
-    net = count_matmul(sd.T.contiguous(), sx, out_dt)  # type: ignore[arg-type]
-    return total, net
+    return count_matmul(fd8.T.contiguous(), fx8, dtype), count_matmul(sd.T.contiguous(), sx, dtype)
 
 
 def coincidence_pulsed(
@@ -232,9 +238,7 @@ def coincidence_pulsed(
     c_idx = torch.nonzero(fx8.amax(dim=0)).view(-1)
     nr, nc = r_idx.numel(), c_idx.numel()
     if nr * nc > max_devices:
-        total = count_matmul(fd8.T.contiguous(), fx8, None)
-        net = count_matmul(sd.T.contiguous(), sx, None)
-        return None, total, net
+        return None, *_array_counts(trains, None)
     total = count_matmul(fd8.T.index_select(0, r_idx), fx8.index_select(1, c_idx), None)  # [nr, nc]
     net = count_matmul(sd.T.index_select(0, r_idx), sx.index_select(1, c_idx), None)
     nz = torch.nonzero(total.view(-1)).view(-1)  # row-major: ascending flat device indices
