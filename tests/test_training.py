@@ -450,3 +450,35 @@ def test_train_digits_role_device_gives_one_array_other_device(monkeypatch: pyte
     assert dev["A"].step.dw_up == dev["C"].step.dw_up == pytest.approx(2.0 / 50)
     with pytest.raises(ValueError, match="roles"):
         digits.train_digits("ttv2", epochs=1, role_device={"W": {"c2c": 0.0}})
+
+
+def test_fp_baseline_weight_bound_keeps_each_layer_in_its_arrays_range(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``train_digits_fp(weight_bound=b)`` clips every layer to ``+-b * OUT_SCALE`` after each
+    step (the range-matched baseline of docs/training.md); without it the weights leave it."""
+    import hil.training.digits as digits
+    from hil.datasets import Split, load_digits_split
+
+    d = load_digits_split()
+    monkeypatch.setattr(digits, "load_digits_split", lambda: Split(d.x_train[:200], d.y_train[:200], d.x_test[:50], d.y_test[:50]))
+    made: list[torch.nn.Module] = []
+    real = digits.digits_network
+
+    def recording(kind: str = "mlp") -> torch.nn.Module:
+        made.append(real(kind))
+        return made[-1]
+
+    monkeypatch.setattr(digits, "digits_network", recording)
+    bound = 0.05
+
+    def weights() -> list[torch.Tensor]:
+        return [m.weight.detach() for m in made[-1].modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+
+    for net in ("mlp", "cnn"):
+        free = digits.train_digits("fp_sgd", net, epochs=2)
+        assert any(float(w.abs().max()) > bound * s for w, s in zip(weights(), digits.OUT_SCALE[net], strict=True))
+        clipped = digits.train_digits("fp_sgd", net, epochs=2, weight_bound=bound)
+        assert clipped.config["weight_bound"] == bound and free.config["weight_bound"] is None
+        for w, s in zip(weights(), digits.OUT_SCALE[net], strict=True):
+            assert float(w.abs().max()) <= bound * s + 1e-7
+    with pytest.raises(ValueError, match="weight_bound"):
+        digits.train_digits_fp("mlp", epochs=1, weight_bound=-1.0)

@@ -199,9 +199,15 @@ def train_digits_fp(
     schedule: str | None = None,
     final_lr_fraction: float | None = None,
     split: Split | None = None,
+    weight_bound: float | None = None,
 ) -> DigitsResult:
     """Floating-point SGD baseline: the same network, data order, batch and epochs, torch SGD,
-    with the same learning-rate schedules as :class:`TrainingConfig`."""
+    with the same learning-rate schedules as :class:`TrainingConfig`.
+
+    ``weight_bound`` (normalized weight, e.g. 0.7): after every step each layer's weights are
+    clipped to ``+-weight_bound * OUT_SCALE[network][layer]``, the range its analog array
+    can hold (the soft bounds at +-1 are approached, never reached); None: no clipping.
+    It measures what the arrays' weight range alone costs the network."""
     data = _data(network, split)
     rec = RECOMMENDED[network]["fp_sgd"]
     lr = rec["lr"] if lr is None else lr
@@ -209,9 +215,13 @@ def train_digits_fp(
         schedule=schedule or rec.get("schedule", "constant"),
         final_lr_fraction=final_lr_fraction if final_lr_fraction is not None else rec.get("final_lr_fraction", 0.1),
     )
+    if weight_bound is not None and not (math.isfinite(weight_bound) and weight_bound > 0):
+        raise ValueError(f"weight_bound must be a positive normalized weight, got {weight_bound}")
     torch.manual_seed(seed)
     model = digits_network(network)
     opt = torch.optim.SGD(model.parameters(), lr=lr)
+    weights = [m.weight for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    bounds = [weight_bound * s for s in OUT_SCALE[network]] if weight_bound is not None else []
     from hil.training.loop import batch_order
 
     n = data.x_train.shape[0]
@@ -227,11 +237,15 @@ def train_digits_fp(
             opt.zero_grad()
             F.cross_entropy(model(data.x_train[idx]), data.y_train[idx]).backward()
             opt.step()
+            if bounds:
+                with torch.no_grad():
+                    for w, b in zip(weights, bounds, strict=True):
+                        w.clamp_(-b, b)
     acc = evaluate(model, data.x_test, data.y_test)
     return DigitsResult(
         "fp_sgd", network, math.inf, 0.0, 0.0, seed, acc, time.perf_counter() - t0, epochs * n,
         config={"lr": lr, "epochs": epochs, "batch_size": batch_size, "schedule": sched.schedule,
-                "final_lr_fraction": sched.final_lr_fraction},
+                "final_lr_fraction": sched.final_lr_fraction, "weight_bound": weight_bound},
     )
 
 
@@ -271,7 +285,8 @@ def train_digits(
         print(r.test_accuracy)
     """
     if algorithm == "fp_sgd":
-        extra = {k: v for k, v in overrides.items() if k in ("lr", "batch_size", "schedule", "final_lr_fraction")}
+        extra = {k: v for k, v in overrides.items()
+                 if k in ("lr", "batch_size", "schedule", "final_lr_fraction", "weight_bound")}
         return train_digits_fp(network, seed=seed, epochs=epochs or 15, split=split, **extra)
     data = _data(network, split)
     over = dict(overrides)
