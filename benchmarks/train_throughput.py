@@ -1,6 +1,6 @@
 """TTv2 training throughput (samples per second): crossbar-hil, and aihwkit in the same run.
 
-Workloads (batch 10, soft-bounds device with 20 states, c2c 1.0, d2d 0.3, read noise 0.06):
+Workloads (batch 10 unless ``--batch``, soft-bounds device with 20 states, c2c 1.0, d2d 0.3, read noise 0.06):
 
 - ``digits-mlp``: the digits MLP 64-32-10 (sigmoid) on the digits training split (1347 samples);
 - ``mlp-784``: a 784-256-128-10 MLP (sigmoid) on random inputs in [0, 1) and random labels.
@@ -23,7 +23,7 @@ the run; cProfile's own overhead inflates the Python-heavy parts), and the numbe
 operations per batch (counted with a TorchDispatchMode).
 
     python benchmarks/train_throughput.py [--aihwkit-python .aihwkit/bin/python]
-        [--repeats 3] [--samples 1000] [--json PATH]
+        [--repeats 3] [--samples 1000] [--batch 10] [--json PATH]
     python benchmarks/train_throughput.py --profile [--samples 500]
 """
 
@@ -343,6 +343,12 @@ def main(argv: list[str] | None = None) -> dict:
         help="training samples per measurement (0: digits 1347, mlp-784 1000)",
     )
     p.add_argument("--workloads", default="digits-mlp,mlp-784")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=10,
+        help="mini-batch size on every side (the issue's workloads use 10)",
+    )
     p.add_argument("--devices", default="auto", help="cpu, cuda, or auto (cpu + cuda if present)")
     p.add_argument("--json", default=None, help="write the figures here")
     p.add_argument(
@@ -363,10 +369,12 @@ def main(argv: list[str] | None = None) -> dict:
         help="print where our training's time goes (cProfile) instead of timing",
     )
     args = p.parse_args(argv)
+    if args.batch < 1:
+        p.error(f"--batch must be a positive number of samples, got {args.batch}")
     torch.set_num_threads(THREADS)
     if args.profile:
         rows = [
-            profile(*workload_data(name, args.samples or 500), name, args.samples or 500)
+            profile(*workload_data(name, args.samples or 500), name, args.samples or 500, args.batch)
             for name in args.workloads.split(",")
         ]
         report = {"threads": THREADS, "torch": torch.__version__, "profile": rows}
@@ -381,12 +389,13 @@ def main(argv: list[str] | None = None) -> dict:
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(
         f"torch {torch.__version__}, threads pinned to {torch.get_num_threads()} (both sides); "
-        f"batch 10; repeats {args.repeats}; {os.cpu_count()} CPUs, load average "
+        f"batch {args.batch}; repeats {args.repeats}; {os.cpu_count()} CPUs, load average "
         + (" ".join(f"{v:.2f}" for v in load) if load else "n/a")
     )
     report: dict = {
         "threads": THREADS,
         "torch": torch.__version__,
+        "batch": args.batch,
         "cpus": os.cpu_count(),
         "load_average_start": load,
         "results": [],
@@ -418,14 +427,15 @@ def _measure(
     bls = [int(v) for v in str(args.aihwkit_bl).split(",")] if args.aihwkit_python else []
     sides: dict[str, list[float]] = {"ours": []}
     for _ in range(args.repeats):
-        sides["ours"].append(ours(x, y, sizes, dev))
+        bs = args.batch
+        sides["ours"].append(ours(x, y, sizes, dev, bs))
         if args.ceilings:
-            sides.setdefault("ours_without_update", []).append(ours(x, y, sizes, dev, update=False))
-            sides.setdefault("digital_torch", []).append(digital(x, y, sizes, dev))
+            sides.setdefault("ours_without_update", []).append(ours(x, y, sizes, dev, bs, update=False))
+            sides.setdefault("digital_torch", []).append(digital(x, y, sizes, dev, bs))
         for bl in bls:
             key = "aihwkit" if bl == 0 else f"aihwkit_bl{bl}"
             sides.setdefault(key, []).append(
-                aihwkit(args.aihwkit_python, data_file, sizes, dev == "cuda", bl=bl)
+                aihwkit(args.aihwkit_python, data_file, sizes, dev == "cuda", bs=bs, bl=bl)
             )
     mine = sides["ours"]
     row: dict = {
