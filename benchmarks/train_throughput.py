@@ -124,15 +124,17 @@ def ours(
     torch_device: str,
     bs: int = 10,
     update: bool = True,
+    bl: int | None = None,
 ) -> float:
-    """Samples per second of our TTv2 (recommended digits settings) over the whole of (x, y).
+    """Samples per second of our TTv2 (recommended digits settings; ``bl``: another bit
+    length) over the whole of (x, y).
 
     ``update=False``: the same analog forward and backward passes (through the backends'
     MVMs, periphery noise included) without ``controller.step()`` -- the speed that no
     implementation of the update can exceed with this forward/backward path.
     """
     return _timed(
-        _our_training(x, y, sizes, torch_device, bs, update), x.shape[0], torch_device, bs
+        _our_training(x, y, sizes, torch_device, bs, update, bl), x.shape[0], torch_device, bs
     )
 
 
@@ -268,6 +270,7 @@ def _our_training(
     torch_device: str,
     bs: int,
     update: bool = True,
+    bl: int | None = None,
 ):  # noqa: ANN202
     """``run(n)``: TTv2 training (recommended digits settings) on the first ``n`` samples
     (``update=False``: without the controller's step)."""
@@ -277,7 +280,7 @@ def _our_training(
 
     torch.manual_seed(0)
     model = nn.Sequential(*_layers(sizes, AnalogLinear)).to(torch_device)
-    cfg = recommended_config("ttv2", "mlp")
+    cfg = recommended_config("ttv2", "mlp", **({} if bl is None else {"bl": bl}))
     factory = simulated_factory(
         digits_device(20, 1.0, 0.3),
         digits_periphery(0.06),
@@ -358,6 +361,13 @@ def main(argv: list[str] | None = None) -> dict:
         "bit-length management), N = a fixed BL N as ours (e.g. 0,31)",
     )
     p.add_argument(
+        "--ours-bl",
+        type=int,
+        default=None,
+        help="bit length of our update (default: the recommended settings' 31); a "
+        "measurement of what the draws cost, not a tuned setting",
+    )
+    p.add_argument(
         "--ceilings",
         action="store_true",
         help="also time our forward/backward without the update and the same "
@@ -371,6 +381,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if args.batch < 1:
         p.error(f"--batch must be a positive number of samples, got {args.batch}")
+    if args.ours_bl is not None and args.ours_bl < 1:
+        p.error(f"--ours-bl must be a positive number of pulse slots, got {args.ours_bl}")
     torch.set_num_threads(THREADS)
     if args.profile:
         rows = [
@@ -396,6 +408,7 @@ def main(argv: list[str] | None = None) -> dict:
         "threads": THREADS,
         "torch": torch.__version__,
         "batch": args.batch,
+        "ours_bl": args.ours_bl,
         "cpus": os.cpu_count(),
         "load_average_start": load,
         "results": [],
@@ -428,9 +441,11 @@ def _measure(
     sides: dict[str, list[float]] = {"ours": []}
     for _ in range(args.repeats):
         bs = args.batch
-        sides["ours"].append(ours(x, y, sizes, dev, bs))
+        sides["ours"].append(ours(x, y, sizes, dev, bs, bl=args.ours_bl))
         if args.ceilings:
-            sides.setdefault("ours_without_update", []).append(ours(x, y, sizes, dev, bs, update=False))
+            sides.setdefault("ours_without_update", []).append(
+                ours(x, y, sizes, dev, bs, update=False, bl=args.ours_bl)
+            )
             sides.setdefault("digital_torch", []).append(digital(x, y, sizes, dev, bs))
         for bl in bls:
             key = "aihwkit" if bl == 0 else f"aihwkit_bl{bl}"

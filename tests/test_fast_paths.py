@@ -260,7 +260,9 @@ def test_train_throughput_benchmark_smoke(tmp_path) -> None:
     assert pct["  pulse trains (probabilities, draws)"] <= pct["  coincidence counts incl. trains"]
     # --batch sets the mini-batch on every side; a batch below 1 is refused before any timing
     big = mod.main(["--workloads", "digits-mlp", "--samples", "40", "--repeats", "1", "--devices", "cpu",
-                    "--batch", "20"])
-    assert big["batch"] == 20 and big["results"][0]["ours_samples_per_s"]["median"] > 0
+                    "--batch", "20", "--ours-bl", "5"])
+    assert big["batch"] == 20 and big["ours_bl"] == 5 and big["results"][0]["ours_samples_per_s"]["median"] > 0
     with pytest.raises(SystemExit):
         mod.main(["--workloads", "digits-mlp", "--batch", "0"])
+    with pytest.raises(SystemExit):
+        mod.main(["--workloads", "digits-mlp", "--ours-bl", "0"])
