@@ -310,6 +310,14 @@ def format_metrics(m: dict[str, Any], title: str = "") -> str:
             f"{m['nrmse_noise_floor_median']:.4f}, 95th percentile {m['nrmse_noise_floor_p95']:.4f}: the measured "
             f"trajectory is {'within' if m['nrmse_within_noise'] else 'OUTSIDE'} the model's own realization spread"
         )
+    restart = m.get("restart")
+    if restart and restart.get("rows"):
+        off = restart["measured_minus_predicted"]
+        lines.append(
+            f"  restarts at {restart['rows']} held-out start(s) write {restart['rule']}; the measured read "
+            f"minus the prediction (x range): {', '.join(f'{v:+.3f}' for v in off[:8])}"
+            + (" ..." if len(off) > 8 else "")
+        )
     if m["devices"] > 1:
         lines.append(
             f"  device-matched (replayed device i vs measured device i): rms {m['nrmse_device_matched']:.4f}, "
@@ -354,7 +362,8 @@ def format_metrics(m: dict[str, Any], title: str = "") -> str:
 
 def holdout_starts(ms: MeasurementSet, held: np.ndarray) -> np.ndarray:
     """First held-out row of every held-out stretch of a device (where a replay that scores
-    held-out rows restarts from the measured value)."""
+    held-out rows restarts: ``hil characterize --restart-at-holdout`` from the measured
+    value, ``hil calibrate``'s check from the model's prediction of it)."""
     codes, _ = ms.device_codes()
     out = np.zeros(len(ms), dtype=bool)
     last: dict[int, bool] = {}

@@ -3,9 +3,12 @@
 The held-out replay check builds a :class:`~hil.simulated.SimulatedCrossbar` from the
 model fitted on the **fitting rows only**, replays the whole measured pulse
 sequence on it with the same code as ``hil characterize --replay
---restart-at-holdout`` (:func:`hil.characterization.runner.replay_to_set`): every
-device is written to its measured conductance at its first held-out read, so the
-held-out rows are predicted from where the device was.  Independent copies of
+--restart-at-holdout`` (:func:`hil.characterization.runner.replay_to_set`), with one
+difference: at its first held-out read every device is written to the fitted model's
+*prediction* of that read from the earlier reads (:func:`predicted_reads`, the
+Kalman filter of the fit), not to the read itself, so the held-out rows are predicted
+from where the device was without using any held-out read (the CLI, which may run
+without a model, writes the measured read).  Independent copies of
 every device (:func:`replay_count`: about ``REPLAYS`` replayed devices in all)
 are replayed side by side (one simulated device each, one
 ``pulse()``/``read()`` per row for all copies), and the held-out rows are scored
@@ -25,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from hil.calibration.compare import holdout_starts, protocol_shift, replay_metrics
+from hil.calibration.filter import run_filter
 from hil.calibration.importers.base import import_measurements
 from hil.calibration.mapping import Mapping
 from hil.calibration.measurements import MeasurementSet
@@ -95,11 +99,14 @@ def replay_copies(
     copies: int,
     seed: int = 0,
     restart_rows: np.ndarray | None = None,
+    restart_g: np.ndarray | None = None,
 ) -> list[MeasurementSet]:
-    """``copies`` replays of ``ms`` run side by side on one simulator (one device per copy)."""
+    """``copies`` replays of ``ms`` run side by side on one simulator (one device per copy);
+    ``restart_rows`` / ``restart_g`` as in :func:`hil.characterization.runner.iter_replay`."""
     rep_ms, rep_map = replicate(ms, mapping, copies)
     restart = None if restart_rows is None else np.repeat(np.asarray(restart_rows, dtype=bool), copies)
-    out = replay_on_simulator(model, rep_ms, rep_map, seed=seed, restart_rows=restart)
+    g = None if restart_g is None else np.repeat(np.asarray(restart_g, dtype=np.float64), copies)
+    out = replay_on_simulator(model, rep_ms, rep_map, seed=seed, restart_rows=restart, restart_g=g)
     g = out.conductance.reshape(len(ms), copies)
     reps = []
     for j in range(copies):
@@ -108,6 +115,27 @@ def replay_copies(
         r.source = f"replay {j} of {ms.source}"
         reps.append(r)
     return reps
+
+
+def predicted_reads(cal: Calibration) -> np.ndarray:
+    """Conductance (siemens) of every row as the model fitted on the fitting rows predicts it
+    from the earlier reads of the same sequence (the filter's one-step prediction
+    ``E[y_k | y_1..y_{k-1}]``, each device with its own fitted parameters); NaN where the
+    filter has no earlier read to predict from (the first read of a segment or of a chunk)
+    and for rows that are in no sequence."""
+    fit = cal.train_per_device if cal.train_per_device is not None else cal.train_pooled
+    p, c2c, rv = fit.param_arrays(cal.seq)
+    out = run_filter(cal.seq, cal.family, p, c2c, rv, **fit.write_arrays(cal.seq))
+    ms = cal.measurements
+    w = np.full(len(ms), np.nan)
+    first = np.zeros_like(cal.seq.valid)
+    first[:, 0] = True
+    valid = cal.seq.valid & (cal.seq.row >= 0) & ~first & ~cal.seq.reset
+    w[cal.seq.row[valid]] = (cal.seq.y - out.nu[0])[valid]
+    g = np.full(len(ms), np.nan)
+    ok = np.isfinite(w)
+    g[ok] = cal.mapping.to_conductance(w[ok], ms.device[ok])
+    return g
 
 
 def replay_check(cal: Calibration, seed: int = 0, replays: int | None = None) -> dict[str, Any]:
@@ -120,9 +148,23 @@ def replay_check(cal: Calibration, seed: int = 0, replays: int | None = None) ->
     held = cal.heldout.any()
     rows = cal.heldout if held else np.ones(len(ms), dtype=bool)
     restart = holdout_starts(ms, cal.heldout) if held else None
-    reps = replay_copies(cal.train_model, ms, cal.mapping, replays, seed=seed, restart_rows=restart)
+    restart_g = None
+    if restart is not None:
+        restart_g = np.where(restart, predicted_reads(cal), np.nan)
+    reps = replay_copies(cal.train_model, ms, cal.mapping, replays, seed=seed, restart_rows=restart,
+                         restart_g=restart_g)
     metrics = replay_metrics(ms, reps, rows)
     metrics["scored_on"] = cal.heldout_unit if held else "all rows (nothing held out)"
+    if restart is not None and restart_g is not None:
+        k = np.nonzero(restart & ~ms.segment_starts())[0]
+        g_lo, g_hi = np.percentile(ms.conductance, [1.0, 99.0])
+        span = g_hi - g_lo if g_hi > g_lo else 1.0
+        metrics["restart"] = {
+            "rule": "the fitted model's prediction of the first held-out read from the earlier reads",
+            "rows": int(len(k)),
+            # how far each predicted restart is from the read it replaces (fraction of the range)
+            "measured_minus_predicted": [round(float(v), 4) for v in (ms.conductance[k] - restart_g[k]) / span],
+        }
     shift = protocol_shift(ms, cal.heldout) if held else None
     if shift is not None:
         metrics["protocol_shift"] = shift

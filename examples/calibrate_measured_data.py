@@ -133,8 +133,8 @@ def amplitude_factor_experiment(cal: Any, copies: int = 32, seed: int = 0) -> di
     pulse's step (and its c2c noise) multiplied by a factor of its |amplitude| group (0-1, 1-2, 2-3,
     >3 V; 1-2 V is the reference), one set of factors per direction (6 parameters more).  Scored
     by BIC, held-out NLL, and a Monte Carlo replay of every row (``copies`` copies, pulse by pulse,
-    restarted at the measured value at each run start and at the first held-out read, as the
-    held-out replay check) scored with :func:`hil.calibration.compare.replay_metrics` on the
+    restarted at the measured value at each run start and at the first held-out read, as
+    ``hil characterize --restart-at-holdout``) scored with :func:`hil.calibration.compare.replay_metrics` on the
     held-out rows.  Both variants are pooled and without device-to-device spread, so they
     compare with each other, not with the pipeline's model.
     """

@@ -514,3 +514,40 @@ def test_protocol_shift_of_the_ferroelectric_held_out_runs(shared_data: Path) ->
     plain.optional = {}
     assert protocol_shift(plain, held) is None
     assert protocol_shift(ms, np.zeros(len(ms), dtype=bool)) is None
+
+
+def test_replay_check_restarts_from_the_prediction_not_the_held_out_read(tmp_path: Path) -> None:
+    """The held-out check writes each device, at its first held-out read, to the fitted
+    model's prediction of that read from the earlier reads: an outlier there (a held-out read)
+    does not move the replay; ``hil characterize --restart-at-holdout`` (measured) follows it."""
+    from hil.calibration.compare import holdout_starts
+    from hil.calibration.workflow import predicted_reads, replay_check, replay_copies
+
+    ms, _, _ = simulate("constant", 1, tmp_path)
+    cfg = CalibrationConfig(model="constant", mapping=MappingSpec(g_range=G_RANGE))
+    clean = calibrate(ms, cfg)
+    restart = holdout_starts(ms, clean.heldout)
+    k = np.nonzero(restart)[0]
+    assert len(k) == len(ms.devices) and not ms.segment_starts()[k].any()
+    span = G_RANGE[1] - G_RANGE[0]
+    bad = ms.subset(np.ones(len(ms), dtype=bool))
+    bad.conductance = ms.conductance.copy()
+    bad.conductance[k] += 0.3 * span  # one wild held-out read per device
+    cal = calibrate(bad, cfg)
+    assert cal.heldout[k].all()
+    pred = predicted_reads(cal)
+    # the prediction uses the earlier reads only: the same with or without the outliers
+    np.testing.assert_allclose(pred[k], predicted_reads(clean)[k], rtol=0, atol=1e-3 * span)
+    assert np.isnan(pred[ms.segment_starts()]).all()
+    assert np.all(np.abs(pred[k] - ms.conductance[k]) < 0.1 * span)
+    m = replay_check(cal, seed=0, replays=8)
+    assert m["restart"]["rows"] == len(k)
+    assert min(m["restart"]["measured_minus_predicted"]) > 0.2
+    g_pred = np.where(restart, pred, np.nan)
+    by_pred = replay_copies(cal.train_model, bad, cal.mapping, 2, restart_rows=restart, restart_g=g_pred)
+    by_read = replay_copies(cal.train_model, bad, cal.mapping, 2, restart_rows=restart)
+    # the replay's read at the restart, relative to the prediction, over devices and copies
+    # (a device drawn with other bounds, read noise and the write-verify tolerance scatter it)
+    off_pred = np.mean([(rep.conductance[k] - pred[k]) / span for rep in by_pred])
+    off_read = np.mean([(rep.conductance[k] - pred[k]) / span for rep in by_read])
+    assert abs(off_pred) < 0.08 and off_read > 0.2

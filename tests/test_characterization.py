@@ -156,6 +156,18 @@ def test_replay_restarts_after_a_gap_and_on_request(tmp_path: Path) -> None:
     restart[3] = True
     rep2 = replay_to_set(_sim(1, 1), ms, MAPPING, tol=0.0015, restart_rows=restart)
     assert MAPPING.to_weight(rep2.conductance)[3] == pytest.approx(MAPPING.to_weight(ms.conductance[3:4])[0], abs=0.0016)
+    # restart_g replaces the measured value at the requested restarts only (NaN: measured);
+    # a segment start (the gap at row 6) keeps its measured value
+    given = np.full(12, np.nan)
+    given[3], given[6] = 4e-6, 9e-6
+    rep3 = replay_to_set(_sim(1, 1), ms, MAPPING, tol=0.0015, restart_rows=restart, restart_g=given)
+    w3 = MAPPING.to_weight(rep3.conductance)
+    assert w3[3] == pytest.approx(MAPPING.to_weight(np.array([4e-6]))[0], abs=0.0016)
+    assert w3[6] == pytest.approx(MAPPING.to_weight(np.array([7e-6]))[0], abs=0.0016)
+    rep4 = replay_to_set(_sim(1, 1), ms, MAPPING, tol=0.0015, restart_rows=restart, restart_g=np.full(12, np.nan))
+    np.testing.assert_allclose(rep4.conductance, rep2.conductance)
+    with pytest.raises(ValueError, match="one conductance per row"):
+        replay_to_set(_sim(1, 1), ms, MAPPING, restart_rows=restart, restart_g=np.zeros(5))
 
 
 def test_replay_crash_then_resume(tmp_path: Path) -> None:

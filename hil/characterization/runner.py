@@ -167,19 +167,31 @@ def iter_replay(
     start_row: int = 0,
     resume_g: dict[str, float] | None = None,
     restart_rows: np.ndarray | None = None,
+    restart_g: np.ndarray | None = None,
 ) -> Iterator[tuple[list[int], np.ndarray]]:
     """Yield ``(input row indices, conductances read)`` group by group (see the module doc).
 
     ``restart_rows`` (bool per row) marks extra rows where the device is written to the
     measured conductance before the read, as at a segment start (for example the first
     held-out row, so that held-out rows are scored from where the device was).
+    ``restart_g`` (siemens, one per row; NaN: the measured one) replaces the measured
+    conductance written at those extra rows, e.g. a model's prediction of that read from
+    the earlier rows (``hil calibrate``'s held-out check); segment starts keep theirs.
     """
     positions = replay_positions(ms, backend)
     codes, names = ms.device_codes()
     starts = ms.segment_starts()
+    seg_starts = starts
     if restart_rows is not None:
         starts = starts | np.asarray(restart_rows, dtype=bool)
     n = len(ms)
+    target_g = np.asarray(ms.conductance, dtype=np.float64)
+    if restart_g is not None:
+        given = np.asarray(restart_g, dtype=np.float64)
+        if given.shape != (n,):
+            raise ValueError(f"restart_g has shape {given.shape}, expected one conductance per row ({n},)")
+        use = np.isfinite(given) & starts & ~seg_starts
+        target_g = np.where(use, given, target_g)
     first = {d: int(np.nonzero(codes == i)[0][0]) for i, d in enumerate(names)}
     targets_g = []
     for d in names:
@@ -204,7 +216,7 @@ def iter_replay(
             j += 1
         restart = [k for k in group if starts[k] and first[names[codes[k]]] != k]
         if restart:
-            w_t = mapping.to_weight(ms.conductance[restart], ms.device[restart])
+            w_t = mapping.to_weight(target_g[restart], ms.device[restart])
             set_states(
                 backend,
                 [positions[names[codes[k]]] for k in restart],

@@ -95,7 +95,7 @@ def open_for_characterization(
 @click.option("--program-reads", default=4, show_default=True, type=click.IntRange(1))
 @click.option("--compare/--no-compare", default=True, show_default=True, help="replay: print the figures of merit against the measured file")
 @click.option("--holdout", default=1 / 3, show_default="1/3", type=click.FloatRange(0, 1, max_open=True), help="replay: the held-out split calibrate uses (for --compare and --restart-at-holdout)")
-@click.option("--restart-at-holdout", is_flag=True, help="replay: write each device to its measured conductance at its first held-out read (as calibrate's replay check)")
+@click.option("--restart-at-holdout", is_flag=True, help="replay: write each device to its measured conductance at its first held-out read (calibrate's replay check writes the fitted model's prediction of that read instead)")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def characterize(
     spec: str,
