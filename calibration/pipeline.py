@@ -41,7 +41,6 @@ from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
-from scipy import stats
 
 import hil
 from hil.calibration.filter import CHUNK, Sequences
@@ -58,6 +57,7 @@ from hil.calibration.fit import (
 from hil.calibration.mapping import Mapping, MappingSpec, choose_mapping
 from hil.calibration.measurements import MeasurementSet
 from hil.calibration.split import DEFAULT_HOLDOUT, holdout_rows
+from hil.calibration.spread import device_spread, pulse_width_groups
 from hil.calibration.stepmodels import Family
 from hil.config import HilModel
 from hil.device_model import (
@@ -75,7 +75,6 @@ from hil.device_model import (
 MODEL_KINDS: tuple[str, ...] = ("constant", "linear", "softbounds", "pow", "exp", "table")
 ModelChoice = Literal["auto", "constant", "linear", "softbounds", "pow", "exp", "table"]
 MIN_READ_DOF = 10
-D2D_ALPHA = 0.01  # a spread is kept when a chi-square test rejects "no spread" at 1 %
 # parameters whose device-to-device spread enters the model: step scales and bounds.  The shape
 # exponents (gamma) are shared: per device they are strongly correlated with the bounds, and
 # their spread cannot be told from estimation error (the report still lists it).
@@ -129,6 +128,12 @@ class CalibrationConfig(HilModel):
         "auto",
         description="auto: every candidate is also fitted with the non-accumulating write-noise offset, "
         "kept where the data determine it and it lowers the BIC; off: never",
+    )
+    d2d_groups: Literal["pulse_width", "none"] = Field(
+        "pulse_width",
+        description="pulse_width: the device-to-device spread is measured within groups of devices "
+        "whose pulses had the same widths (width_s), so that a difference of protocol is not read as "
+        "device variation; none: around the mean of all devices",
     )
 
 
@@ -728,8 +733,12 @@ def _summarize(
     pooled: FitResult,
     per: FitResult | None,
     device_mask: np.ndarray,
+    groups: np.ndarray | None = None,
 ) -> tuple[dict[str, float], dict[str, float], dict[str, dict[str, Any]]]:
-    """Nominal values, d2d and a parameter table from pooled and per-device fits."""
+    """Nominal values, d2d and a parameter table from pooled and per-device fits.
+
+    ``groups`` (one label per device of the sequences, or None): the d2d spread is measured
+    within groups of devices pulsed alike (:func:`hil.calibration.spread.pulse_width_groups`)."""
     nominal: dict[str, float] = {}
     d2d: dict[str, float] = {}
     table: dict[str, dict[str, Any]] = {}
@@ -761,20 +770,21 @@ def _summarize(
             mean = float(vals.mean())
             row.update(per_device_mean=mean, devices_used=int(use.sum()))
             nominal[name] = mean
-            if len(vals) >= 3 and name != "c2c":
-                finite = np.isfinite(ses) & (ses > 0)
-                var_b = float(np.var(vals, ddof=1)) - float(np.mean(np.where(finite, ses, np.inf) ** 2))
-                # is the spread larger than the devices' estimation errors explain? (chi-square, 1 %)
-                q = float(np.sum(((vals - mean)[finite] / ses[finite]) ** 2))
-                crit = float(stats.chi2.ppf(1 - D2D_ALPHA, max(int(finite.sum()) - 1, 1)))
-                significant = bool(finite.sum() >= 3 and q > crit)
-                estimate = float(np.sqrt(var_b)) / abs(mean) if var_b > 0 and mean != 0 else 0.0
-                spread = estimate if significant and name in D2D_PARAMETERS else 0.0
+            # is the spread larger than the devices' estimation errors explain? (chi-square, 1 %;
+            # within groups of devices pulsed with the same widths: calibration/spread.py)
+            sp = None
+            if name != "c2c":
+                sp = device_spread(vals, ses, None if groups is None else groups[device_mask][use])
+            if sp is not None:
+                spread = sp["estimate"] if sp["significant"] and name in D2D_PARAMETERS else 0.0
                 row["d2d"] = spread
-                row["d2d_estimate"] = estimate
-                row["d2d_chi2"] = q
-                row["d2d_chi2_critical"] = crit
-                row["d2d_raw"] = float(np.std(vals, ddof=1)) / abs(mean) if mean != 0 else float("nan")
+                row["d2d_estimate"] = sp["estimate"]
+                row["d2d_chi2"] = sp["chi2"]
+                row["d2d_chi2_critical"] = sp["critical"]
+                row["d2d_dof"] = sp["dof"]
+                row["d2d_raw"] = sp["raw"]
+                if groups is not None:
+                    row["d2d_groups"] = sp["groups_used"]
                 if spread > 0 and np.isfinite(spread):
                     d2d[name] = spread
             # estimation error of the mean of these devices' values, and the sampling error of the
@@ -974,6 +984,9 @@ def _calibrate(ms: MeasurementSet, config: CalibrationConfig | None, fmt: str) -
     all_rows = seq.mask(np.ones(len(ms), dtype=bool))
     if not train.any():
         raise ValueError(f"{ms.source}: no pulse rows to fit after the first read of each device")
+    by_width = cfg.d2d_groups == "pulse_width"
+    groups_train = pulse_width_groups(ms, train_rows, seq.devices) if by_width else None
+    groups_all = pulse_width_groups(ms, np.ones(len(ms), dtype=bool), seq.devices) if by_width else None
     sigma_rep, dof = read_noise_from_repeats(ms, w)
     read_fixed = sigma_rep if (sigma_rep is not None and dof >= MIN_READ_DOF) else None
     read_info: dict[str, Any] = {
@@ -1036,7 +1049,7 @@ def _calibrate(ms: MeasurementSet, config: CalibrationConfig | None, fmt: str) -
             write_noise_fit=jsonable(winfo) if winfo.get("tried") else None,
             bounds_at_reads=bound_lines,
         )
-        _, _, cand_table = _summarize(fam, pooled, per, seq.device_rows(train))
+        _, _, cand_table = _summarize(fam, pooled, per, seq.device_rows(train), groups_train)
         free = set(pooled.se) | (set(per.se) if per is not None else set())
         why = undetermined_parameters(fam, cand_table, data_range, free)
         scores[kind].determined = not why
@@ -1074,12 +1087,13 @@ def _calibrate(ms: MeasurementSet, config: CalibrationConfig | None, fmt: str) -
     device_mask = seq.device_rows(train)
     # ---- models on the fitting rows and on all rows
     train_pooled, train_per = pooled_fits[chosen], per_fits[chosen]
-    nominal_t, d2d_t, _ = _summarize(fam, train_pooled, train_per, device_mask)
+    nominal_t, d2d_t, _ = _summarize(fam, train_pooled, train_per, device_mask, groups_train)
     description = f"{chosen} step model fitted to {ms.source}"
     train_model = build_device_model(fam, nominal_t, d2d_t, mapping, cfg.name, description + " (fitting rows)")
     t2 = time.perf_counter()
     refit_kept = True
     chosen_bounds = list(scores[chosen].bounds_at_reads)
+    groups = groups_train
     if cfg.final_fit == "all" and held.any():
         start = {k: v[0] for k, v in train_pooled.values.items()}
         train_last = train_per if train_per is not None else train_pooled
@@ -1092,7 +1106,7 @@ def _calibrate(ms: MeasurementSet, config: CalibrationConfig | None, fmt: str) -
         if final_per is not None:
             final_per, final_bounds = bounds_at_reads(fam, seq, all_rows, final_per)
         all_mask = seq.device_rows(all_rows)
-        _, _, refit_table = _summarize(fam, final_pooled, final_per, all_mask)
+        _, _, refit_table = _summarize(fam, final_pooled, final_per, all_mask, groups_all)
         free = set(final_pooled.se) | (set(final_per.se) if final_per is not None else set())
         y_all = seq.y[all_rows]
         why = undetermined_parameters(
@@ -1111,12 +1125,13 @@ def _calibrate(ms: MeasurementSet, config: CalibrationConfig | None, fmt: str) -
             refit_kept = False
         else:
             device_mask = all_mask
+            groups = groups_all
             chosen_bounds = final_bounds
     else:
         final_pooled, final_per = train_pooled, train_per
         refit_kept = cfg.final_fit == "all"
     timing["final_fit"] = time.perf_counter() - t2
-    nominal, d2d, table = _summarize(fam, final_pooled, final_per, device_mask)
+    nominal, d2d, table = _summarize(fam, final_pooled, final_per, device_mask, groups)
     model = build_device_model(fam, nominal, d2d, mapping, cfg.name, description)
     summary = model_summary(model)
     scale = float(mapping.scale()[0])
@@ -1139,6 +1154,19 @@ def _calibrate(ms: MeasurementSet, config: CalibrationConfig | None, fmt: str) -
         notes.append("device-to-device spread not estimated (fewer than three devices)")
     if len(ms.devices) == 1:
         notes.append("one device: no device-to-device spread can be measured (d2d left at 0)")
+    if groups is not None and final_per is not None:
+        g = groups[device_mask]
+        sizes = np.bincount(g)
+        sets = int((sizes > 0).sum())
+        shared = int((sizes >= 2).sum())
+        alone = int((sizes == 1).sum())
+        notes.append(
+            f"the devices were pulsed with {sets} different sets of pulse widths: the device-to-device "
+            f"spread is measured within the {shared} group(s) of devices that share theirs"
+            + (f" ({alone} device(s) alone in their group carry no information on it)" if alone else "")
+            + "; across widths the steps differ by the protocol, not by the device"
+            + ("" if shared else " -- no two devices share their widths, so no spread is estimated (d2d 0)")
+        )
     provenance: dict[str, Any] = {
         "tool": "hil calibrate",
         "hil_version": hil.__version__,
