@@ -156,7 +156,8 @@ def replay_check(cal: Calibration, seed: int = 0, replays: int | None = None) ->
     metrics = replay_metrics(ms, reps, rows)
     metrics["scored_on"] = cal.heldout_unit if held else "all rows (nothing held out)"
     if restart is not None and restart_g is not None:
-        k = np.nonzero(restart & ~ms.segment_starts())[0]
+        # held-out starts inside a segment with a prediction (elsewhere the measured read is written)
+        k = np.nonzero(restart & ~ms.segment_starts() & np.isfinite(restart_g))[0]
         g_lo, g_hi = np.percentile(ms.conductance, [1.0, 99.0])
         span = g_hi - g_lo if g_hi > g_lo else 1.0
         metrics["restart"] = {
