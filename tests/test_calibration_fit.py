@@ -254,10 +254,10 @@ def test_hard_bounds_the_reads_never_reach_are_set_at_the_extreme_reads() -> Non
     likelihood is one-sided there); the bounds of state-dependent models are left alone."""
     from dataclasses import replace
 
+    from hil.calibration.bounds import BOUND_NATS, bounds_at_reads
     from hil.calibration.filter import Sequences
     from hil.calibration.fit import FitResult, device_nll
     from hil.calibration.measurements import MeasurementSet
-    from hil.calibration.pipeline import BOUND_NATS, bounds_at_reads
 
     rng = np.random.default_rng(0)
     n = 200
@@ -370,8 +370,8 @@ def test_hard_bounds_start_from_a_profile_scan() -> None:
     came with, and models whose bounds shape the step are returned unchanged."""
     from dataclasses import replace
 
+    from hil.calibration.bounds import device_extremes, scan_hard_bounds
     from hil.calibration.fit import FitResult, device_nll
-    from hil.calibration.pipeline import device_extremes, scan_hard_bounds
 
     seq, score, w = _sweeps_down()
     fam = Family("constant")
