@@ -126,12 +126,29 @@ def msq_change(ms_list: list[Any], ks: tuple[int, ...] = (1, 10, 100)) -> dict[i
 AMPLITUDE_EDGES_V = (0.0, 1.0, 2.0, 3.0, float("inf"))
 
 
-def amplitude_factor_experiment(cal: Any, copies: int = 32, seed: int = 0) -> dict[str, Any]:
-    """Does a step scale per |amplitude| group help the held-out runs?  (docs/calibration.md, section 7)
+def pulse_groups(cal: Any, by: str) -> tuple[np.ndarray, list[str], int]:
+    """Group index of every row for :func:`step_factor_experiment`, the group names and the
+    reference group.  ``by="amplitude"``: |amplitude| 0-1, 1-2, 2-3, >3 V (reference 1-2 V);
+    ``by="width"``: each pulse width of the fitting pulses (a held-out width they lack goes to
+    the nearest one in log width; reference 2 us)."""
+    ms = cal.measurements
+    if by == "amplitude":
+        grp = np.digitize(np.abs(ms.optional["amplitude_v"]), AMPLITUDE_EDGES_V[1:-1])
+        return grp, ["0-1 V", "1-2 V", "2-3 V", ">3 V"], 1
+    width = ms.optional["width_s"]
+    fitted = np.unique(width[~cal.heldout & (ms.polarity != 0)])
+    lw = np.log10(fitted)
+    grp = np.argmin(np.abs(np.log10(width)[:, None] - lw[None, :]), axis=1)
+    return grp, [f"{v:.0e} s" for v in fitted], int(np.argmin(np.abs(lw - np.log10(2e-6))))
+
+
+def step_factor_experiment(cal: Any, by: str, copies: int = 32, seed: int = 0) -> dict[str, Any]:
+    """Does a step scale per pulse group (|amplitude| or width) help the held-out runs?
+    (docs/calibration.md, section 7)
 
     Two pooled ``softbounds`` fits on the fitting rows with our filter: identical pulses, and every
-    pulse's step (and its c2c noise) multiplied by a factor of its |amplitude| group (0-1, 1-2, 2-3,
-    >3 V; 1-2 V is the reference), one set of factors per direction (6 parameters more).  Scored
+    pulse's step (and its c2c noise) multiplied by a factor of its group (:func:`pulse_groups`;
+    the reference group's factor is 1), one set of factors per direction.  Scored
     by BIC, held-out NLL, and a Monte Carlo replay of every row (``copies`` copies, pulse by pulse,
     restarted at the measured value at each run start and at the first held-out read, as
     ``hil characterize --restart-at-holdout``) scored with :func:`hil.calibration.compare.replay_metrics` on the
@@ -144,19 +161,19 @@ def amplitude_factor_experiment(cal: Any, copies: int = 32, seed: int = 0) -> di
 
     ms, seq, w = cal.measurements, cal.seq, cal.weights
     train, held = seq.mask(~cal.heldout), seq.mask(cal.heldout)
-    grp_row = np.digitize(np.abs(ms.optional["amplitude_v"]), AMPLITUDE_EDGES_V[1:-1])
+    grp_row, group_names, ref = pulse_groups(cal, by)
     grp = np.zeros(seq.shape, dtype=np.int64)
     ok = seq.row >= 0
     grp[ok] = grp_row[seq.row[ok]]
     up_rows = seq.pol > 0
     fam = Family("softbounds")
     names = ("dw_up", "dw_down", "w_min", "w_max")
-    n_g = len(AMPLITUDE_EDGES_V) - 1
+    n_g = len(group_names)
 
     def factors(theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if len(theta) == 6:
             return np.ones(n_g), np.ones(n_g)
-        return np.insert(theta[6 : 5 + n_g], 1, 1.0), np.insert(theta[5 + n_g :], 1, 1.0)
+        return np.insert(theta[6 : 5 + n_g], ref, 1.0), np.insert(theta[5 + n_g :], ref, 1.0)
 
     def filt(theta: np.ndarray) -> Any:
         fu, fd = factors(theta)
@@ -178,7 +195,7 @@ def amplitude_factor_experiment(cal: Any, copies: int = 32, seed: int = 0) -> di
     codes, _ = ms.device_codes()
     results: dict[str, Any] = {}
     theta = np.array([0.01, 0.01, -1.0, 1.0, 1.0, 0.02])
-    for label, extra in (("identical pulses", 0), ("step scale per |amplitude| group", 2 * (n_g - 1))):
+    for label, extra in (("identical pulses", 0), (f"step scale per {by} group", 2 * (n_g - 1))):
         start = np.concatenate([theta, np.ones(extra)])
         fit = optimize.least_squares(resid, start, bounds=(lo + [1e-3] * extra, hi + [100.0] * extra),
                                      x_scale="jac", max_nfev=200, ftol=1e-7, xtol=1e-7)
@@ -209,6 +226,8 @@ def amplitude_factor_experiment(cal: Any, copies: int = 32, seed: int = 0) -> di
             reps.append(r)
         m = replay_metrics(ms, reps, cal.heldout)
         results[label] = {
+            "groups": group_names,
+            "reference_group": group_names[ref],
             "parameters": len(fit.x),
             "nll_train": n_train,
             "bic": 2.0 * n_train + len(fit.x) * float(np.log(int(train.sum()))),
@@ -430,17 +449,18 @@ def main(argv: list[str] | None = None) -> int:
         dn = "-" if r["mean_change_down"] is None else f"{r['mean_change_down']:+.4f}"
         print(f"  {r['width_s']:8.0e} s: {r['pulses']:>4} pulses, up {up:>8}, down {dn:>8}, "
               f"held out {r['heldout_fraction']:.0%}")
-    exp = amplitude_factor_experiment(cal_f)
-    results["ferro_amplitude_factors"] = exp
-    print("\n--- ferro: a step scale per |amplitude| group? (pooled softbounds, fitting rows; held-out runs)")
-    for label, r in exp.items():
-        h = r["heldout_replay"]
-        print(f"  {label:<34} {r['parameters']:>2} parameters: BIC {r['bic']:10.1f}, held-out NLL {r['nll_heldout']:9.1f}, "
-              f"held-out replay NRMSE {h['nrmse']:.4f}, step spread up {h['step_std_ratio_up']:.3f} "
-              f"down {h['step_std_ratio_down']:.3f}")
-        if len(set(r["factors_up"] + r["factors_down"])) > 1:
-            print(f"    factors (0-1, 1-2, 2-3, >3 V) up {np.round(r['factors_up'], 3).tolist()}, "
-                  f"down {np.round(r['factors_down'], 3).tolist()}")
+    for by, key in (("amplitude", "ferro_amplitude_factors"), ("width", "ferro_width_factors")):
+        exp = step_factor_experiment(cal_f, by)
+        results[key] = exp
+        print(f"\n--- ferro: a step scale per {by} group? (pooled softbounds, fitting rows; held-out runs)")
+        for label, r in exp.items():
+            h = r["heldout_replay"]
+            print(f"  {label:<34} {r['parameters']:>2} parameters: BIC {r['bic']:10.1f}, held-out NLL "
+                  f"{r['nll_heldout']:9.1f}, held-out replay NRMSE {h['nrmse']:.4f}, step spread up "
+                  f"{h['step_std_ratio_up']:.3f} down {h['step_std_ratio_down']:.3f}")
+            if len(set(r["factors_up"] + r["factors_down"])) > 1:
+                print(f"    factors ({', '.join(r['groups'])}; reference {r['reference_group']}) up "
+                      f"{np.round(r['factors_up'], 3).tolist()}, down {np.round(r['factors_down'], 3).tolist()}")
 
     # ---- ENODe lookup table
     lut = args.data / "enode-ecram-lut"
