@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from hil.calibration.compare import holdout_starts, protocol_shift, replay_metrics
+from hil.calibration.compare import device_ranges, holdout_starts, protocol_shift, replay_metrics
 from hil.calibration.filter import run_filter
 from hil.calibration.importers.base import import_measurements
 from hil.calibration.mapping import Mapping
@@ -158,12 +158,12 @@ def replay_check(cal: Calibration, seed: int = 0, replays: int | None = None) ->
     if restart is not None and restart_g is not None:
         # held-out starts inside a segment with a prediction (elsewhere the measured read is written)
         k = np.nonzero(restart & ~ms.segment_starts() & np.isfinite(restart_g))[0]
-        g_lo, g_hi = np.percentile(ms.conductance, [1.0, 99.0])
-        span = g_hi - g_lo if g_hi > g_lo else 1.0
+        ranges = device_ranges(ms)
+        span = np.array([ranges[d] for d in ms.device[k]])
         metrics["restart"] = {
             "rule": "the fitted model's prediction of the first held-out read from the earlier reads",
             "rows": int(len(k)),
-            # how far each predicted restart is from the read it replaces (fraction of the range)
+            # how far each predicted restart is from the read it replaces (fraction of the device's range)
             "measured_minus_predicted": [round(float(v), 4) for v in (ms.conductance[k] - restart_g[k]) / span],
         }
     shift = protocol_shift(ms, cal.heldout) if held else None
