@@ -239,6 +239,25 @@ def step_factor_experiment(cal: Any, by: str, copies: int = 32, seed: int = 0) -
     return results
 
 
+def window_by_run(cal: Any) -> dict[str, list[dict[str, Any]]]:
+    """Measured conductance window (1st and 99th percentile, siemens) of every run (cycle) of
+    each device with held-out runs, in time order, and whether the run is held out: how the
+    devices change between runs (docs/calibration.md, section 7)."""
+    ms = cal.measurements
+    out: dict[str, list[dict[str, Any]]] = {}
+    for d in ms.devices:
+        mine = ms.device == d
+        if not cal.heldout[mine].any():
+            continue
+        runs = []
+        for c in np.unique(ms.cycle[mine]):
+            r = mine & (ms.cycle == c)
+            lo, hi = np.percentile(ms.conductance[r], [1.0, 99.0])
+            runs.append({"cycle": int(c), "g_low_s": float(lo), "g_high_s": float(hi), "heldout": bool(cal.heldout[r].any())})
+        out[str(d)] = runs
+    return out
+
+
 def response_by_width(cal: Any, max_v: float = 1.0) -> list[dict[str, Any]]:
     """Measured mean change per pulse (range-normalized) of pulses with |amplitude| below ``max_v``,
     by pulse width, up and down, with the fraction of those pulses that are held out: how the
@@ -449,6 +468,12 @@ def main(argv: list[str] | None = None) -> int:
         dn = "-" if r["mean_change_down"] is None else f"{r['mean_change_down']:+.4f}"
         print(f"  {r['width_s']:8.0e} s: {r['pulses']:>4} pulses, up {up:>8}, down {dn:>8}, "
               f"held out {r['heldout_fraction']:.0%}")
+    windows = window_by_run(cal_f)
+    results["ferro_window_by_run"] = windows
+    print("\n--- ferro: conductance window of each run, 1st-99th percentile in nS (f fitting, h held out)")
+    for dev, runs in windows.items():
+        print(f"  {dev:<16} " + " ".join(
+            f"{r['cycle']}{'h' if r['heldout'] else 'f'}:{r['g_low_s'] * 1e9:.3g}-{r['g_high_s'] * 1e9:.3g}" for r in runs))
     for by, key in (("amplitude", "ferro_amplitude_factors"), ("width", "ferro_width_factors")):
         exp = step_factor_experiment(cal_f, by)
         results[key] = exp
