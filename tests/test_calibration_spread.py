@@ -80,3 +80,24 @@ def test_calibration_reads_a_width_difference_as_protocol_not_device_spread() ->
     assert grouped.parameters["dw_up"]["d2d_groups"] == 2
     assert any("different sets of pulse widths" in n for n in grouped.notes)
     assert not any("different sets of pulse widths" in n for n in ungrouped.notes)
+
+
+def test_calibrate_cli_d2d_groups_option(tmp_path) -> None:  # noqa: ANN001
+    from click.testing import CliRunner
+
+    from hil.cli.main import cli
+    from hil.device_model import DeviceModel
+
+    src = _two_protocols(1).save(tmp_path / "two.csv")
+    spread = {}
+    for opt in ("pulse-width", "none"):
+        out = tmp_path / f"{opt}.json"
+        r = CliRunner().invoke(cli, ["calibrate", str(src), "-o", str(out), "--model", "constant", "--write-noise", "off",
+                                     "--g-range", f"{G_RANGE[0]},{G_RANGE[1]}", "--no-replay-check", "--d2d-groups", opt])
+        assert r.exit_code == 0, r.output
+        m = DeviceModel.load(out)
+        assert m.provenance["config"]["d2d_groups"] == opt.replace("-", "_")
+        spread[opt] = m.variation.d2d.get("dw_up", 0.0)
+    assert spread["pulse-width"] == 0.0 and spread["none"] > 0.3
+    r = CliRunner().invoke(cli, ["calibrate", str(src), "-o", str(tmp_path / "x.json"), "--d2d-groups", "device"])
+    assert r.exit_code != 0 and "--d2d-groups" in r.output

@@ -43,6 +43,9 @@ def _g_range(text: str | None) -> tuple[float, float] | None:
 @click.option("--table-nodes", default=10, show_default=True, type=click.IntRange(3, 200))
 @click.option("--write-noise", default="auto", show_default=True, type=click.Choice(["auto", "off"]),
               help="also fit a non-accumulating write-noise offset (kept only where the data determine it and BIC falls)")
+@click.option("--d2d-groups", default="pulse-width", show_default=True, type=click.Choice(["pulse-width", "none"]),
+              help="measure the device-to-device spread within groups of devices pulsed with the same widths "
+                   "(a width difference is protocol, not device variation), or around the mean of all devices")
 @click.option("--chunk", default=None, type=click.IntRange(8, None),
               help="cut runs longer than this many reads into chunks for the filter (default: the pipeline's)")
 @click.option("-O", "--import-option", "import_options", multiple=True, help="importer option KEY=VALUE (repeatable)")
@@ -64,6 +67,7 @@ def calibrate(
     final_fit: str,
     table_nodes: int,
     write_noise: str,
+    d2d_groups: str,
     chunk: int | None,
     import_options: tuple[str, ...],
     export: Path | None,
@@ -104,6 +108,7 @@ def calibrate(
             final_fit=final_fit,  # type: ignore[arg-type]
             name=name or measurements.stem,
             write_noise=write_noise,  # type: ignore[arg-type]
+            d2d_groups=d2d_groups.replace("-", "_"),  # type: ignore[arg-type]
             **({} if chunk is None else {"chunk": chunk}),
         )
         run = calibrate_path(measurements, fmt, _pairs(import_options), cfg, replay=replay_check, seed=seed,
