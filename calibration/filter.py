@@ -64,6 +64,9 @@ class Sequences:
     row: np.ndarray  # [S, T] row index into the measurement set, -1 for padding
     device: np.ndarray  # [S] device index of each sequence
     devices: list[str]
+    #: [S, T] step scale of every pulse (pulses of other shapes than the nominal one:
+    #: :mod:`hil.calibration.pulse_law`); None: identical pulses.  run_filter uses it by default.
+    scale: np.ndarray | None = None
 
     @classmethod
     def build(cls, ms: MeasurementSet, w: np.ndarray, chunk: int = CHUNK) -> Sequences:
@@ -222,9 +225,12 @@ def run_filter(
     non-accumulating write-noise offset (0: none, the one-dimensional filter runs);
     ``write_rho``: its correlation from one pulse to the next.  Returns innovations and
     their variances ``[B, S, T]``; ``state`` is the hidden weight's filtered mean.
-    ``step_scale`` ``[S, T]`` (optional): every pulse's mean step and its noise multiplied by
-    this factor (pulses of different strength, e.g. by amplitude; 1: as the step model).
+    ``step_scale`` ``[S, T]`` or ``[B, S, T]`` (optional): every pulse's mean step and its
+    noise multiplied by this factor (pulses of different strength, e.g. by amplitude; 1: as the
+    step model); default ``seq.scale`` (None there: identical pulses).
     """
+    if step_scale is None:
+        step_scale = seq.scale
     if np.any(np.asarray(write_var) > 0):
         return _run_filter_offset(seq, fam, params, c2c, read_var, write_var, write_rho, t_stop, keep_state,
                                   step_scale)
@@ -359,14 +365,12 @@ def _predict(
         up: bool | np.ndarray = ups[:, t]
     else:
         up = bool(any_up[t])
-    xt, ft, ns, tab = fam.transition(x, up, p)
     if scale is not None:
-        st = scale[:, t]
-        lo, hi = fam.bounds_of(p)
-        xt = clip(x + st * (xt - x), lo, hi)
-        ft = 1.0 + st * (ft - 1.0)
-        ns = st * ns
-        tab = None if tab is None else st * tab
+        # every step model's step (and its noise) is proportional to dw_up / dw_down: a pulse of
+        # another strength is the transition with those scaled (as the simulator applies it)
+        st = scale[..., t]
+        p = {**p, "dw_up": p["dw_up"] * st, "dw_down": p["dw_down"] * st}
+    xt, ft, ns, tab = fam.transition(x, up, p)
     qt = (c2 * ns) ** 2 if tab is None else (c2 * ns) ** 2 + tab**2
     if all_pulse[t]:
         return xt, ft, qt
@@ -397,24 +401,33 @@ def _censored(
     m: np.ndarray, var: np.ndarray, s: np.ndarray, a: np.ndarray, b: np.ndarray,
     lo: np.ndarray, hi: np.ndarray, inside: bool,
 ) -> Any:
-    """:func:`censored`'s moments for every entry (``s``: std, ``a``/``b``: standardized bounds)."""
+    """:func:`censored`'s moments for every entry (``s``: std, ``a``/``b``: standardized bounds).
+
+    In standardized units ``Z = (X - m) / s`` clamped to ``[a, b]``:
+    ``E = a P(Z<a) + b P(Z>b) + phi(a) - phi(b)`` and
+    ``E2 = a^2 P(Z<a) + b^2 P(Z>b) + P(a<Z<b) + a phi(a) - b phi(b)``; the mean is
+    ``m + s E`` and the variance ``var (E2 - E^2)`` (no cancellation of large second moments).
+    ``lo`` / ``hi`` enter through ``a`` / ``b`` (finite: the bounds are fitted parameters); an
+    entry whose standardized bound overflows (a variance at its floor) is the clamped mean with
+    no variance."""
     pa = ndtr(a)
-    pb = ndtr(b)
-    p_in = np.maximum(pb - pa, 0.0)
-    fa = np.exp(-0.5 * np.minimum(a * a, 1400.0)) * _INV_SQRT_2PI
-    fb = np.exp(-0.5 * np.minimum(b * b, 1400.0)) * _INV_SQRT_2PI
-    p_hi = 1.0 - pb
-    e1_in = m * p_in + s * (fa - fb)
-    e2_in = m * m * p_in + 2.0 * m * s * (fa - fb) + var * (p_in + _finite(a * fa) - _finite(b * fb))
-    mean = lo * pa + hi * p_hi + e1_in
-    second = lo * lo * pa + hi * hi * p_hi + e2_in
+    q = ndtr(-b)  # P(Z > b)
+    p_in = np.maximum(1.0 - q - pa, 0.0)
+    fa = np.exp(np.minimum(a * a, 1400.0) * -0.5) * _INV_SQRT_2PI
+    fb = np.exp(np.minimum(b * b, 1400.0) * -0.5) * _INV_SQRT_2PI
+    apa = a * pa
+    bq = b * q
+    e1 = apa + bq + fa - fb
+    e2 = a * apa + b * bq + p_in + a * fa - b * fb
+    mean = m + s * e1
+    v = np.maximum(var * (e2 - e1 * e1), 0.0)
+    if not np.isfinite(e2).all():
+        bad = ~np.isfinite(e2)
+        mean = np.where(bad, np.clip(m, lo, hi), mean)
+        v = np.where(bad, 0.0, v)
     if inside:
-        return mean, np.maximum(second - mean * mean, 0.0), p_in
-    return mean, np.maximum(second - mean * mean, 0.0)
-
-
-def _finite(v: np.ndarray) -> np.ndarray:
-    return np.where(np.isfinite(v), v, 0.0)
+        return mean, v, p_in
+    return mean, v
 
 
 def gaussian_nll(nu: np.ndarray, var: np.ndarray) -> np.ndarray:

@@ -33,7 +33,8 @@ from hil.config import VersionedFile, atomic_write_text
 class FitReport(VersionedFile):
     """``report.json``: the figures of a calibration run."""
 
-    SCHEMA_VERSION = "1.0"
+    SCHEMA_VERSION = "1.1"
+    schema_version: str = Field("1.1", description="1.1 added pulse_law")
     chosen_model: str
     inputs: list[dict[str, str]] = Field(default_factory=list)
     format: str = ""
@@ -48,6 +49,9 @@ class FitReport(VersionedFile):
     summary: dict[str, float] = Field(default_factory=dict)
     replay: dict[str, Any] | None = None
     reference: dict[str, Any] = Field(default_factory=dict)
+    pulse_law: dict[str, Any] | None = Field(
+        None, description="the pulse-response law's fit (calibration/pulse_law.py), where the pulses had shapes"
+    )
     notes: list[str] = Field(default_factory=list)
     seconds: dict[str, float] = Field(default_factory=dict)
 
@@ -140,6 +144,20 @@ def text_summary(cal: Calibration, reference: dict[str, Any] | None = None) -> s
             f"  write-noise offset (non-accumulating): std {v.write_noise:.4g}, correlation per pulse "
             f"{v.write_noise_rho:.4g} (memory {mem:.3g} pulses)"
         )
+    if cal.pulse_law is not None:
+        law = cal.pulse_law
+        r = law.response
+        lines.append(
+            f"  pulse response (KAI / Merz law, fitted with a pooled softbounds model on the fitting rows): BIC "
+            f"{law.bic_change:+.1f} over identical pulses, {'used' if law.used else 'not used'}"
+        )
+        for d, sw, nom in (("up", r.up, r.nominal_up), ("down", r.down, r.nominal_down)):
+            se = {k.split("_", 1)[1]: v for k, v in law.se.items() if k.startswith(d + "_")}
+            lines.append(
+                f"    {d}: log10 t0 {sw.log10_t0_s:.4g} (se {_fmt(se.get('log10_t0_s'))}), V_a {sw.activation_v:.4g} V "
+                f"(se {_fmt(se.get('activation_v'))}), n {sw.exponent:.4g} (se {_fmt(se.get('exponent'))}); "
+                f"nominal pulse {nom.amplitude_v:.4g} V x {nom.width_s:.4g} s"
+            )
     for c in cal.candidates:
         wf = c.write_noise_fit
         if wf and "bic_gain" in wf:
@@ -189,11 +207,20 @@ def model_trajectory(cal: Calibration, device: int) -> np.ndarray:
     lo, hi = fam.bounds_of(p)
     out = np.empty(len(idx))
     x = np.zeros((1, 1))
+    law = cal.model.pulse_response
+    scale = np.ones(len(ms))
+    if law is not None:
+        amp, width = np.abs(ms.optional["amplitude_v"]), ms.optional["width_s"]
+        pulse = ms.polarity != 0
+        for up in (True, False):
+            sel = pulse & ((ms.polarity > 0) == up)
+            scale[sel] = law.scale_np(amp[sel], width[sel], up)
     for j, i in enumerate(idx):
         if starts[i]:
             x = clip(np.full((1, 1), cal.weights[i]), lo, hi)
         elif ms.polarity[i] != 0:
-            xn, _, _, _ = fam.transition(x, bool(ms.polarity[i] > 0), p)
+            pi = p if scale[i] == 1.0 else {**p, "dw_up": p["dw_up"] * scale[i], "dw_down": p["dw_down"] * scale[i]}
+            xn, _, _, _ = fam.transition(x, bool(ms.polarity[i] > 0), pi)
             x = clip(xn, lo, hi)
         out[j] = float(x[0, 0])
     return out
@@ -337,6 +364,7 @@ def build_report(cal: Calibration, reference: dict[str, Any] | None = None) -> F
         summary=prov.get("summary", {}),
         replay=jsonable(rep),
         reference=jsonable(reference or {}),
+        pulse_law=jsonable(cal.pulse_law.as_dict()) if cal.pulse_law is not None else None,
         notes=cal.notes,
         seconds=cal.seconds,
     )

@@ -157,9 +157,7 @@ def step_factor_experiment(cal: Any, by: str, copies: int = 32, seed: int = 0) -
     """
     from scipy import optimize
 
-    from hil.calibration.compare import holdout_starts
-
-    ms, seq, w = cal.measurements, cal.seq, cal.weights
+    ms, seq = cal.measurements, cal.seq
     train, held = seq.mask(~cal.heldout), seq.mask(cal.heldout)
     grp_row, group_names, ref = pulse_groups(cal, by)
     grp = np.zeros(seq.shape, dtype=np.int64)
@@ -177,7 +175,8 @@ def step_factor_experiment(cal: Any, by: str, copies: int = 32, seed: int = 0) -
 
     def filt(theta: np.ndarray) -> Any:
         fu, fd = factors(theta)
-        scale = np.where(up_rows, fu[grp], fd[grp]) if len(theta) > 6 else None
+        # identical pulses: scale 1 explicitly (the calibration's own pulse law, if any, is not used here)
+        scale = np.where(up_rows, fu[grp], fd[grp]) if len(theta) > 6 else np.ones(seq.shape)
         p = {k: np.full((1, 1), theta[i]) for i, k in enumerate(names)}
         return run_filter(seq, fam, p, np.full((1, 1), theta[4]), np.full((1, 1), theta[5] ** 2), step_scale=scale)
 
@@ -191,8 +190,6 @@ def step_factor_experiment(cal: Any, by: str, copies: int = 32, seed: int = 0) -
         return float(gaussian_nll(out.nu[0][rows], np.maximum(out.var[0][rows], 1e-12)).sum())
 
     lo, hi = [1e-6, 1e-6, -20.0, 1e-3, 0.0, 1e-5], [10.0, 10.0, -1e-3, 20.0, 100.0, 10.0]
-    restart = ms.segment_starts() | holdout_starts(ms, cal.heldout)
-    codes, _ = ms.device_codes()
     results: dict[str, Any] = {}
     theta = np.array([0.01, 0.01, -1.0, 1.0, 1.0, 0.02])
     for label, extra in (("identical pulses", 0), (f"step scale per {by} group", 2 * (n_g - 1))):
@@ -201,30 +198,9 @@ def step_factor_experiment(cal: Any, by: str, copies: int = 32, seed: int = 0) -
                                      x_scale="jac", max_nfev=200, ftol=1e-7, xtol=1e-7)
         theta = fit.x[:6]
         n_train = nll(fit.x, train)
-        # Monte Carlo replay of the fitted pooled model, pulse by pulse
-        rng = np.random.default_rng(seed)
-        dwu, dwd, wmin, wmax, c2c, rsd = fit.x[:6]
         fu, fd = factors(fit.x)
-        state: dict[int, np.ndarray] = {}
-        reads = np.zeros((len(ms), copies))
-        for i in range(len(ms)):
-            d = int(codes[i])
-            if restart[i] or d not in state:
-                state[d] = np.full(copies, np.clip(w[i], wmin, wmax))
-            elif ms.polarity[i] != 0:
-                x = state[d]
-                if ms.polarity[i] > 0:
-                    step = np.maximum(dwu * fu[grp_row[i]] * (1.0 - x / wmax), 0.0)
-                else:
-                    step = -np.maximum(dwd * fd[grp_row[i]] * (1.0 - x / wmin), 0.0)
-                state[d] = np.clip(x + step + c2c * np.abs(step) * rng.standard_normal(copies), wmin, wmax)
-            reads[i] = state[d] + rsd * rng.standard_normal(copies)
-        reps = []
-        for j in range(copies):
-            r = ms.subset(np.ones(len(ms), dtype=bool))
-            r.conductance = cal.mapping.to_conductance(reads[:, j], ms.device)
-            reps.append(r)
-        m = replay_metrics(ms, reps, cal.heldout)
+        scale_row = np.where(ms.polarity > 0, fu[grp_row], fd[grp_row])
+        m = pooled_replay(cal, fit.x[:6], scale_row, copies, seed)
         results[label] = {
             "groups": group_names,
             "reference_group": group_names[ref],
@@ -237,6 +213,66 @@ def step_factor_experiment(cal: Any, by: str, copies: int = 32, seed: int = 0) -
             "heldout_replay": {k: v for k, v in m.items() if k not in ("per_device", "amplitude_groups")},
         }
     return results
+
+
+def pooled_replay(cal: Any, theta: np.ndarray, scale_row: np.ndarray, copies: int = 32, seed: int = 0) -> dict[str, Any]:
+    """Monte Carlo replay of a pooled soft-bounds model ``theta`` = (dw_up, dw_down, w_min, w_max, c2c,
+    read_sd) with every row's step scaled by ``scale_row``, pulse by pulse, restarted at the measured
+    value at each run start and at the first held-out read (as ``hil characterize
+    --restart-at-holdout``), scored on the held-out rows by :func:`replay_metrics`."""
+    from hil.calibration.compare import holdout_starts
+
+    ms, w = cal.measurements, cal.weights
+    restart = ms.segment_starts() | holdout_starts(ms, cal.heldout)
+    codes, _ = ms.device_codes()
+    rng = np.random.default_rng(seed)
+    dwu, dwd, wmin, wmax, c2c, rsd = (float(v) for v in theta)
+    state: dict[int, np.ndarray] = {}
+    reads = np.zeros((len(ms), copies))
+    for i in range(len(ms)):
+        d = int(codes[i])
+        if restart[i] or d not in state:
+            state[d] = np.full(copies, np.clip(w[i], wmin, wmax))
+        elif ms.polarity[i] != 0:
+            x = state[d]
+            if ms.polarity[i] > 0:
+                step = np.maximum(dwu * scale_row[i] * (1.0 - x / wmax), 0.0)
+            else:
+                step = -np.maximum(dwd * scale_row[i] * (1.0 - x / wmin), 0.0)
+            state[d] = np.clip(x + step + c2c * np.abs(step) * rng.standard_normal(copies), wmin, wmax)
+        reads[i] = state[d] + rsd * rng.standard_normal(copies)
+    reps = []
+    for j in range(copies):
+        r = ms.subset(np.ones(len(ms), dtype=bool))
+        r.conductance = cal.mapping.to_conductance(reads[:, j], ms.device)
+        reps.append(r)
+    return replay_metrics(ms, reps, cal.heldout)
+
+
+def law_experiment(cal: Any, copies: int = 32, seed: int = 0) -> dict[str, Any] | None:
+    """The calibration's own pulse law (:mod:`hil.calibration.pulse_law`: its pooled soft-bounds fit
+    with the KAI / Merz law) in :func:`step_factor_experiment`'s harness: BIC on the fitting rows
+    and the same pulse-by-pulse held-out replay, to compare with the group factors."""
+    law = cal.pulse_law
+    if law is None:
+        return None
+    ms = cal.measurements
+    amp, width = np.abs(ms.optional["amplitude_v"]), ms.optional["width_s"]
+    scale_row = np.ones(len(ms))
+    for up in (True, False):
+        sel = (ms.polarity != 0) & ((ms.polarity > 0) == up)
+        scale_row[sel] = law.response.scale_np(amp[sel], width[sel], up)
+    b = law.base_law
+    theta = np.array([b["dw_up"], b["dw_down"], b["w_min"], b["w_max"], b["c2c"], b.get("read_sd", cal.model.read_noise)])
+    m = pooled_replay(cal, theta, scale_row, copies, seed)
+    k = 6 + law.k_law
+    return {
+        "parameters": k,
+        "bic": 2.0 * law.nll_law + k * float(np.log(law.n_scored)),
+        "bic_identical": 2.0 * law.nll_identical + 6 * float(np.log(law.n_scored)),
+        "law": law.as_dict(),
+        "heldout_replay": {kk: v for kk, v in m.items() if kk not in ("per_device", "amplitude_groups")},
+    }
 
 
 def window_by_run(cal: Any) -> dict[str, list[dict[str, Any]]]:
@@ -474,6 +510,26 @@ def main(argv: list[str] | None = None) -> int:
     for dev, runs in windows.items():
         print(f"  {dev:<16} " + " ".join(
             f"{r['cycle']}{'h' if r['heldout'] else 'f'}:{r['g_low_s'] * 1e9:.3g}-{r['g_high_s'] * 1e9:.3g}" for r in runs))
+    law = law_experiment(cal_f)
+    results["ferro_pulse_law"] = law
+    if law is not None:
+        h = law["heldout_replay"]
+        print("\n--- ferro: the calibration's pulse law (KAI / Merz) in the same pooled softbounds harness")
+        print(f"  {'KAI / Merz law':<34} {law['parameters']:>2} parameters: BIC {law['bic']:10.1f} (identical pulses "
+              f"{law['bic_identical']:.1f}), held-out replay NRMSE {h['nrmse']:.4f}, step spread up "
+              f"{h['step_std_ratio_up']:.3f} down {h['step_std_ratio_down']:.3f}")
+    # the pipeline without the law (every pulse the same pulse), for comparison
+    run_none = calibrate_path(args.data / "ferro-hzo-ampsweep", "auto", None,
+                              CalibrationConfig(name="ferro-hzo-identical", pulse_response="none"), replay=False)
+    assert run_none.calibration is not None
+    rep_none = replay_check(run_none.calibration)
+    results["ferro_without_pulse_law"] = {
+        "chosen": run_none.calibration.chosen,
+        "heldout_replay": {k: v for k, v in rep_none.items() if k not in ("trajectory", "per_device", "amplitude_groups")},
+    }
+    print(f"\n--- ferro: hil calibrate --pulse-response none (identical pulses): chosen {run_none.calibration.chosen}, "
+          f"held-out NRMSE {rep_none['nrmse']:.4f}, step spread up {rep_none['step_std_ratio_up']:.3f} down "
+          f"{rep_none['step_std_ratio_down']:.3f}")
     for by, key in (("amplitude", "ferro_amplitude_factors"), ("width", "ferro_width_factors")):
         exp = step_factor_experiment(cal_f, by)
         results[key] = exp

@@ -22,6 +22,7 @@ from hil.device_model import (
     SoftBoundsStep,
     TableStep,
 )
+from hil.pulse_response import PulseResponse, PulseShape, SwitchingLaw
 from hil.safety import SafetyError, SafetyLimits
 
 __version__ = "0.1.0"
@@ -75,9 +76,12 @@ __all__ = [
     "OperationCounts",
     "PowStep",
     "ProgramReport",
+    "PulseResponse",
+    "PulseShape",
     "SafetyError",
     "SafetyLimits",
     "SoftBoundsStep",
+    "SwitchingLaw",
     "TableStep",
     "VersionedFile",
     "open_backend",

@@ -49,6 +49,11 @@ class BackendInfo(HilModel):
     max_pulses_per_call: int | None = Field(
         None, description="largest |count| pulse() accepts per device and call (None: no limit)"
     )
+    pulse_shapes: bool = Field(
+        False,
+        description="pulse() accepts an amplitude and width per call (else every pulse is the "
+        "backend's nominal pulse)",
+    )
     hardware_id: str = Field("", description="serial number, firmware, resource or model name")
     details: dict[str, Any] = Field(default_factory=dict)
 
@@ -125,8 +130,10 @@ class CrossbarBackend(abc.ABC):
     - ``update(x, d, lr)``: parallel rank-one update by coincident stochastic pulse
       trains; its expected weight change is ``-lr * sum_b outer(d_b, x_b)`` on an
       ideal constant-step device.
-    - ``pulse(counts)``: signed integer pulse counts ``[rows, cols]`` applied as single
-      pulses (+: potentiation, weight up; -: depression).
+    - ``pulse(counts, amplitude_v=None, width_s=None)``: signed integer pulse counts
+      ``[rows, cols]`` applied as single pulses (+: potentiation, weight up; -: depression),
+      each of the backend's nominal shape, or of the given |amplitude| (volts) and width
+      (seconds) where ``info.pulse_shapes`` says the backend can apply other shapes.
     - ``read(n_reads=1)``: estimate of all weights ``[rows, cols]`` by column reads
       (forward with one-hot inputs), averaged over ``n_reads`` full reads.
     - ``forward_columns(columns)``: ``forward`` of the one-hot inputs ``e_k`` (k in
@@ -203,13 +210,33 @@ class CrossbarBackend(abc.ABC):
             return
         self._update(x2, d2, lr)
 
-    def pulse(self, counts: torch.Tensor) -> None:
-        """Apply signed integer pulse counts ``[rows, cols]`` (+ potentiate, - depress)."""
+    def pulse(
+        self,
+        counts: torch.Tensor,
+        amplitude_v: float | torch.Tensor | None = None,
+        width_s: float | torch.Tensor | None = None,
+    ) -> None:
+        """Apply signed integer pulse counts ``[rows, cols]`` (+ potentiate, - depress).
+
+        ``amplitude_v`` / ``width_s`` (optional): the pulses' |amplitude| (volts, > 0) and width
+        (seconds, > 0), a number or a ``[rows, cols]`` tensor (one shape per device for this
+        call); None: the backend's nominal pulse of each direction.  Only a backend whose
+        ``info.pulse_shapes`` is True accepts them; any other refuses before anything is sent.
+        """
         self._check_open()
         where = f"{type(self).__name__}.pulse"
         counts = check_matrix(
             counts, "counts", self.shape, device=self.device, where=where, integer=True
         )
+        shaped = amplitude_v is not None or width_s is not None
+        if shaped:
+            if not self._pulse_shapes():
+                raise ValueError(
+                    f"{where}: this backend applies its nominal pulse only (info.pulse_shapes is "
+                    "False); amplitude_v / width_s cannot be given; nothing was sent"
+                )
+            amplitude_v = self._pulse_shape_arg(amplitude_v, "amplitude_v", where)
+            width_s = self._pulse_shape_arg(width_s, "width_s", where)
         limit = self._pulse_limit()
         if limit is not None and counts.numel():
             peak = int(counts.abs().max())
@@ -220,7 +247,26 @@ class CrossbarBackend(abc.ABC):
                 )
         self.counts.pulse_calls += 1
         self.counts.pulses_requested += int(counts.abs().sum())
-        self._pulse(counts)
+        if shaped:
+            self._pulse_shaped(counts, amplitude_v, width_s)
+        else:
+            self._pulse(counts)
+
+    def _pulse_shape_arg(self, value: float | torch.Tensor | None, name: str, where: str) -> torch.Tensor | None:
+        """``amplitude_v`` / ``width_s`` of :meth:`pulse` as a float tensor ``[rows, cols]``, or None."""
+        if value is None:
+            return None
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            t = check_matrix(value, name, self.shape, device=self.device, where=where)
+        else:
+            v = check_scalar(value, name, where=where)
+            t = torch.full(self.shape, v, device=self.device, dtype=torch.float64)
+        if bool((t <= 0).any()):
+            raise ValueError(
+                f"{where}: {name} must be > 0 ({'the |amplitude|, volts' if name == 'amplitude_v' else 'seconds'}), "
+                f"got {float(t.min()):g}; nothing was sent"
+            )
+        return t
 
     def forward_columns(self, columns: Sequence[int]) -> torch.Tensor:
         """Column reads: ``forward`` of the one-hot inputs ``e_k`` for ``k`` in ``columns``
@@ -425,6 +471,17 @@ class CrossbarBackend(abc.ABC):
     @abc.abstractmethod
     def _pulse(self, counts: torch.Tensor) -> None:
         """Apply validated integer pulse counts ``[rows, cols]``."""
+
+    def _pulse_shapes(self) -> bool:
+        """Whether :meth:`_pulse_shaped` applies pulses of other shapes (``info.pulse_shapes``)."""
+        return False
+
+    def _pulse_shaped(
+        self, counts: torch.Tensor, amplitude_v: torch.Tensor | None, width_s: torch.Tensor | None
+    ) -> None:
+        """Pulses of a given shape (``[rows, cols]`` tensors, or None: nominal); called only
+        when :meth:`_pulse_shapes` is True, so a backend that says True overrides it."""
+        raise TypeError(f"{type(self).__name__} says it applies pulse shapes but does not override _pulse_shaped")
 
     def _pulse_limit(self) -> int | None:
         """``info.max_pulses_per_call`` (backends whose ``info`` is costly to build may return

@@ -39,6 +39,11 @@ again (unlike ``read_noise``, which is drawn at every read); the offset never fe
 back into the hidden weight, so it does not accumulate.
 Device-to-device variation: every parameter named in ``d2d`` is drawn once per
 device at construction as ``p * (1 + d2d[p] * xi)`` (``xi`` truncated at +-3).
+
+Pulses of other amplitude or width (``pulse_response``; schema 1.2): the step (and its
+c2c noise) of such a pulse is the step above times a scale that a law of the pulse's
+amplitude and width gives (:mod:`hil.pulse_response`); the step parameters hold for the
+model's nominal pulse, which every pulse without a stated shape is.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, model_validator
 
 from hil.config import HilModel, VersionedFile
+from hil.pulse_response import PulseResponse
 
 STEP_PARAMETERS = {
     "constant": ("dw_up", "dw_down", "w_min", "w_max"),
@@ -222,11 +228,11 @@ class DeviceModel(VersionedFile):
     ``SimulatedCrossbar`` loads it directly; ``hil calibrate`` writes it.
     """
 
-    SCHEMA_VERSION = "1.1"
+    SCHEMA_VERSION = "1.2"
     schema_version: str = Field(
-        "1.1",
-        description="1.1 added variation.write_noise and write_noise_rho; 1.0 files (without "
-        "them) load unchanged with no write noise",
+        "1.2",
+        description="1.2 added pulse_response; 1.1 added variation.write_noise and write_noise_rho; "
+        "older files (without them) load unchanged with identical pulses and no write noise",
     )
     name: str = "device"
     description: str = ""
@@ -237,6 +243,11 @@ class DeviceModel(VersionedFile):
         0.0, ge=0, description="std of one device read, normalized units (additive)"
     )
     conductance: ConductanceMapping | None = None
+    pulse_response: PulseResponse | None = Field(
+        None,
+        description="step scale of pulses of other amplitude or width than the nominal one "
+        "(hil.pulse_response; None: the device is only ever pulsed with its nominal pulse)",
+    )
     provenance: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")

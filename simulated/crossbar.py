@@ -118,6 +118,7 @@ class SimulatedCrossbar(CrossbarBackend):
             parallel_update=True,
             transposed_read=True,
             max_pulses_per_call=None,
+            pulse_shapes=self._pulse_shapes(),
             hardware_id=f"simulated:{self.config.device.name}",
             details={
                 "device_model": self.config.device.step.model,
@@ -167,6 +168,24 @@ class SimulatedCrossbar(CrossbarBackend):
         self.weights = self.devices.apply_signed(
             self.weights, counts, self.generator, self.config.update.max_chunks
         )
+
+    def _pulse_shapes(self) -> bool:
+        return self.config.device.pulse_response is not None
+
+    def _pulse_shaped(
+        self, counts: torch.Tensor, amplitude_v: torch.Tensor | None, width_s: torch.Tensor | None
+    ) -> None:
+        # the device model's pulse response scales each direction's step (None: its nominal pulse)
+        pr = self.config.device.pulse_response
+        assert pr is not None  # pulse() checked _pulse_shapes()
+        scales = []
+        for up, nom in ((True, pr.nominal_up), (False, pr.nominal_down)):
+            amp = amplitude_v if amplitude_v is not None else torch.tensor(nom.amplitude_v, device=self.device)
+            wid = width_s if width_s is not None else torch.tensor(nom.width_s, device=self.device)
+            scale = pr.scale_torch(amp.to(torch.float64), wid.to(torch.float64), up)
+            scales.append(scale.expand(self.shape).to(self.weights.dtype))
+        with self.devices.scaled_steps(scales[0], scales[1]):
+            self._pulse(counts)
 
     def _pulse_limit(self) -> int | None:
         return None  # info.max_pulses_per_call (without building the info)

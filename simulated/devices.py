@@ -45,9 +45,11 @@ write noise :attr:`DeviceArray.offset` is None and nothing of this runs.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -163,7 +165,7 @@ class DeviceArray:
         self.c2c = float(var.c2c)
         self.write_sd = float(var.write_noise)
         self.write_rho = float(var.write_noise_rho)
-        self._cache: dict[str, tuple[tuple[tuple[int, int], ...], object]] = {}
+        self._cache: dict[str, tuple[Any, ...]] = {}
         # stuck devices
         n_stuck = int(round(var.stuck_fraction * rows * cols))
         self.stuck = torch.zeros(self.shape, dtype=torch.bool, device=device)
@@ -324,11 +326,14 @@ class DeviceArray:
 
     # --------------------------------------------------------- application
     def _cached(self, name: str, deps: tuple[torch.Tensor, ...], fn):  # noqa: ANN001, ANN202
-        """``fn()`` recomputed only when a tensor in ``deps`` was replaced or changed in place."""
+        """``fn()`` recomputed only when a tensor in ``deps`` was replaced or changed in place.
+
+        The entry keeps ``deps`` alive: an id is only unique among live objects, so a replaced
+        tensor that was freed could otherwise hand its id (and version 0) to its successor."""
         key = tuple((id(t), t._version) for t in deps)
         hit = self._cache.get(name)
         if hit is None or hit[0] != key:
-            hit = (key, fn())
+            hit = (key, fn(), deps)
             self._cache[name] = hit
         return hit[1]
 
@@ -661,6 +666,20 @@ class DeviceArray:
             return up, up - c
 
         return self._apply(w, total, split, generator, max_chunks)
+
+    @contextlib.contextmanager
+    def scaled_steps(self, scale_up: torch.Tensor, scale_down: torch.Tensor) -> Iterator[None]:
+        """Within the block, every device's up / down step (and its c2c noise, which is relative to
+        the step) is multiplied by ``scale_up`` / ``scale_down`` (``[rows, cols]``, >= 0): pulses
+        of another shape than the nominal one (:class:`hil.pulse_response.PulseResponse`).
+        The step parameters scale, so every step model and the closed-form paths apply unchanged."""
+        orig_up, orig_dn = self.params["dw_up"], self.params["dw_down"]
+        self.params["dw_up"] = orig_up * scale_up.to(orig_up.dtype)
+        self.params["dw_down"] = orig_dn * scale_down.to(orig_dn.dtype)
+        try:
+            yield
+        finally:
+            self.params["dw_up"], self.params["dw_down"] = orig_up, orig_dn
 
     def _sample_index(self, size: int, device: torch.device) -> torch.Tensor:
         """Fixed quasi-random flat indices (``_DENSITY_SAMPLE`` of ``size``) to estimate density."""

@@ -160,7 +160,7 @@ def test_device_model_file_round_trip_and_schema(tmp_path: Path) -> None:
     m = _model(0.85, sd=0.1)
     path = m.save(tmp_path / "dev.json")
     back = DeviceModel.load(path)
-    assert back == m and back.schema_version == "1.1"
+    assert back == m and back.schema_version == DeviceModel.SCHEMA_VERSION
     assert back.variation.write_noise == 0.1 and back.variation.write_noise_rho == 0.85
     # a 1.0 file (written before write noise existed) loads with none
     old = json.loads(path.read_text())

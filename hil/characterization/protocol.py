@@ -7,10 +7,11 @@ depression pulses (or down first), each followed by one read of the array
 the same time, one ``pulse()`` and one ``read()`` per step, through the
 :class:`~hil.backend.CrossbarBackend` contract only.
 
-The ``CrossbarBackend`` contract applies the backend's own configured pulse:
-``amplitude_up_v``, ``amplitude_down_v``, ``width_s`` and ``read_voltage_v`` are
-recorded in the output columns as the conditions the backend was set up with
-(a driver's config holds the real values); they do not change what is sent.
+``amplitude_up_v``, ``amplitude_down_v`` and ``width_s`` are applied on a backend that
+can apply pulse shapes (``info.pulse_shapes``: a simulator whose device model has a
+pulse response); any other backend applies its own configured pulse, and they are
+recorded in the output columns as the conditions the backend was set up with (a
+driver's config holds the real values).  ``read_voltage_v`` is always recorded only.
 """
 
 from __future__ import annotations
@@ -88,6 +89,17 @@ class PulseProtocol(VersionedFile):
             out.append((int(r), int(c)))
         if len(set(out)) != len(out):
             raise ValueError("protocol devices list has duplicates")
+        return out
+
+    def pulse_shape(self, polarity: int) -> dict[str, float]:
+        """``pulse()`` keyword arguments of this protocol's pulses of ``polarity`` on a backend that
+        applies pulse shapes (the values the protocol sets; none: the backend's nominal pulse)."""
+        out: dict[str, float] = {}
+        amp = self.amplitude(polarity)
+        if amp != 0.0:
+            out["amplitude_v"] = abs(amp)
+        if self.width_s:
+            out["width_s"] = float(self.width_s)
         return out
 
     def amplitude(self, polarity: int) -> float:

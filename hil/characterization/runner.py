@@ -17,7 +17,10 @@ devices only); that first row is then read back, its own pulse is not replayed
 (it happened before the read that defines the start).  Every later row applies
 its pulse (``polarity`` +1/-1, none for 0) and reads.  Consecutive rows of
 different devices are applied in one ``pulse()`` and one ``read()``; rows of one
-device keep their order.  After a jump in ``pulse`` (unrecorded events) the
+device keep their order.  Where the file has ``amplitude_v`` / ``width_s`` and the
+backend can apply pulse shapes (``info.pulse_shapes``: a simulator whose device model
+has a pulse response), every pulse is applied with its row's |amplitude| and width;
+otherwise every pulse is the backend's nominal one.  After a jump in ``pulse`` (unrecorded events) the
 device is written to the conductance measured there before going on.  One row is
 written per input row, in input order, with the same device/cycle/pulse/polarity
 and optional columns, and the conductance read on the backend (``current_a`` is
@@ -168,8 +171,15 @@ def iter_replay(
     resume_g: dict[str, float] | None = None,
     restart_rows: np.ndarray | None = None,
     restart_g: np.ndarray | None = None,
+    pulse_shapes: bool | None = None,
 ) -> Iterator[tuple[list[int], np.ndarray]]:
     """Yield ``(input row indices, conductances read)`` group by group (see the module doc).
+
+    ``pulse_shapes``: apply every pulse with its row's ``amplitude_v`` / ``width_s`` (the
+    |amplitude| and the width; rows without a finite positive value get the backend's
+    nominal pulse).  None (default): where the file has either column and the backend
+    can apply pulse shapes (``info.pulse_shapes``, e.g. a simulator whose device model has
+    a pulse response); otherwise every pulse is the backend's nominal pulse.
 
     ``restart_rows`` (bool per row) marks extra rows where the device is written to the
     measured conductance before the read, as at a segment start (for example the first
@@ -203,6 +213,8 @@ def iter_replay(
     targets = mapping.to_weight(np.array(targets_g), devs)
     set_states(backend, [positions[d] for d in names], targets, tol=tol, max_iter=max_iter, n_reads=program_reads)
     rows, cols = backend.shape
+    shape_cols = replay_shape_columns(ms, backend) if pulse_shapes is None else (
+        replay_shape_columns(ms, backend, required=True) if pulse_shapes else {})
     pos_r = np.array([positions[d][0] for d in names])
     pos_c = np.array([positions[d][1] for d in names])
     i = start_row
@@ -225,19 +237,62 @@ def iter_replay(
                 max_iter=max_iter,
                 n_reads=program_reads,
             )
-        counts = torch.zeros(rows, cols, dtype=torch.int64, device=backend.device)
-        pulsed = False
-        for k in group:
-            if not starts[k] and ms.polarity[k] != 0:
-                counts[pos_r[codes[k]], pos_c[codes[k]]] = int(ms.polarity[k])
-                pulsed = True
+        pulsed = [k for k in group if not starts[k] and ms.polarity[k] != 0]
         if pulsed:
-            backend.pulse(counts)
+            _pulse_rows(backend, ms, pulsed, pos_r[codes[pulsed]], pos_c[codes[pulsed]], shape_cols)
         w = backend.read(reads).detach().to("cpu", torch.float64).numpy()
         idx = np.array(group)
         wv = w[pos_r[codes[idx]], pos_c[codes[idx]]]
         yield group, mapping.to_conductance(wv, ms.device[idx])
         i = j
+
+
+def replay_shape_columns(
+    ms: MeasurementSet, backend: CrossbarBackend, required: bool = False
+) -> dict[str, np.ndarray]:
+    """The pulse-shape columns (``amplitude_v``, ``width_s``) a replay of ``ms`` applies on
+    ``backend``: those the file has, if the backend can apply shapes (else none; with
+    ``required``, a clear error instead)."""
+    have = {k: np.asarray(ms.optional[k], dtype=np.float64) for k in ("amplitude_v", "width_s") if k in ms.optional}
+    can = backend.info.pulse_shapes
+    if required and not (have and can):
+        why = "the file has no amplitude_v / width_s column" if not have else (
+            f"{backend.info.name} applies its nominal pulse only (info.pulse_shapes is False)")
+        raise ValueError(f"replay with pulse shapes: {why}")
+    return have if can else {}
+
+
+def _pulse_rows(
+    backend: CrossbarBackend,
+    ms: MeasurementSet,
+    rows_k: list[int],
+    pos_r: np.ndarray,
+    pos_c: np.ndarray,
+    shape_cols: dict[str, np.ndarray],
+) -> None:
+    """One pulse per row ``rows_k`` (at the devices ``pos_r``, ``pos_c``; one row per device):
+    with the rows' shapes where ``shape_cols`` gives valid ones, the nominal pulse elsewhere
+    (two ``pulse()`` calls where both occur)."""
+    k = np.asarray(rows_k)
+    pol = torch.as_tensor(ms.polarity[k].astype(np.int64))
+    ok = np.ones(len(k), dtype=bool)
+    for v in shape_cols.values():
+        ok &= np.isfinite(v[k]) & (v[k] != 0)
+    if not shape_cols:
+        ok[:] = False
+    shape = backend.shape
+    for sel, shaped in ((ok, True), (~ok, False)):
+        if not sel.any():
+            continue
+        counts = torch.zeros(shape, dtype=torch.int64)
+        counts[pos_r[sel], pos_c[sel]] = pol[sel]
+        kwargs: dict[str, torch.Tensor] = {}
+        if shaped:
+            for name, v in shape_cols.items():
+                t = torch.ones(shape, dtype=torch.float64)
+                t[pos_r[sel], pos_c[sel]] = torch.as_tensor(np.abs(v[k[sel]]))
+                kwargs[name] = t.to(backend.device)
+        backend.pulse(counts.to(backend.device), **kwargs)
 
 
 def replay_to_set(
@@ -505,6 +560,7 @@ def run_protocol(
     pr = torch.tensor([p[0] for p in positions], device=backend.device)
     pc = torch.tensor([p[1] for p in positions], device=backend.device)
     devs_arr = np.array(ids, dtype=object)
+    shaped = backend.info.pulse_shapes
     bar = _progress(len(steps) * n_dev, progress, "characterize")
     bar.update(done)
     t0 = time.perf_counter()
@@ -517,7 +573,7 @@ def run_protocol(
             if pol != 0:
                 counts = torch.zeros(rows, cols, dtype=torch.int64, device=backend.device)
                 counts[pr, pc] = pol
-                backend.pulse(counts)
+                backend.pulse(counts, **(protocol.pulse_shape(pol) if shaped else {}))
             wv = backend.read(protocol.reads)[pr, pc].detach().to("cpu", torch.float64).numpy()
             g = mapping.to_conductance(wv, devs_arr)
             t = t_offset + time.perf_counter() - t0

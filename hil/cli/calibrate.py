@@ -46,6 +46,9 @@ def _g_range(text: str | None) -> tuple[float, float] | None:
 @click.option("--d2d-groups", default="pulse-width", show_default=True, type=click.Choice(["pulse-width", "none"]),
               help="measure the device-to-device spread within groups of devices pulsed with the same widths "
                    "(a width difference is protocol, not device variation), or around the mean of all devices")
+@click.option("--pulse-response", default="auto", show_default=True, type=click.Choice(["auto", "none"]),
+              help="where pulses differ in amplitude or width (amplitude_v, width_s columns): fit a KAI/Merz law "
+                   "of the pulse and keep it if the BIC falls (auto), or treat every pulse as the same pulse (none)")
 @click.option("--chunk", default=None, type=click.IntRange(8, None),
               help="cut runs longer than this many reads into chunks for the filter (default: the pipeline's)")
 @click.option("-O", "--import-option", "import_options", multiple=True, help="importer option KEY=VALUE (repeatable)")
@@ -68,6 +71,7 @@ def calibrate(
     table_nodes: int,
     write_noise: str,
     d2d_groups: str,
+    pulse_response: str,
     chunk: int | None,
     import_options: tuple[str, ...],
     export: Path | None,
@@ -109,6 +113,7 @@ def calibrate(
             name=name or measurements.stem,
             write_noise=write_noise,  # type: ignore[arg-type]
             d2d_groups=d2d_groups.replace("-", "_"),  # type: ignore[arg-type]
+            pulse_response=pulse_response,  # type: ignore[arg-type]
             **({} if chunk is None else {"chunk": chunk}),
         )
         run = calibrate_path(measurements, fmt, _pairs(import_options), cfg, replay=replay_check, seed=seed,
@@ -142,6 +147,12 @@ def calibrate(
     click.echo(f"chosen {cal.chosen}: {params}; c2c {m.variation.c2c:.3g}, read noise {m.read_noise:.3g}, "
                f"d2d {{{', '.join(f'{k}: {v:.3g}' for k, v in m.variation.d2d.items())}}}")
     s = m.provenance.get("summary", {})
+    if m.pulse_response is not None:
+        r = m.pulse_response
+        click.echo("pulse response (KAI/Merz, step x f(|V|, t) / f(nominal)): " + "; ".join(
+            f"{d} t0 10^{law.log10_t0_s:.3g} s, V_a {law.activation_v:.3g} V, n {law.exponent:.3g}, nominal "
+            f"{nom.amplitude_v:.4g} V x {nom.width_s:.3g} s"
+            for d, law, nom in (("up", r.up, r.nominal_up), ("down", r.down, r.nominal_down))))
     if m.variation.write_noise > 0:
         click.echo(f"write noise {m.variation.write_noise:.3g} (correlation per pulse {m.variation.write_noise_rho:.3g})")
     click.echo(f"symmetry point {s.get('symmetry_point', float('nan')):.4g}, dw_min {s.get('dw_min', float('nan')):.4g}, "

@@ -152,8 +152,15 @@ def characterize(
 
                 restart = holdout_starts(ms, holdout_rows(ms, holdout)[0])
             with backend:
+                from hil.characterization.runner import replay_shape_columns
+
+                shapes = replay_shape_columns(ms, backend)
+                have = [k for k in ("amplitude_v", "width_s") if k in ms.optional]
                 click.echo(f"replaying {len(ms)} rows of {n_dev} device(s) from {replay_path} on {backend.info.name} "
-                           f"{backend.rows}x{backend.cols}; mapping: {why}")
+                           f"{backend.rows}x{backend.cols}; mapping: {why}; pulses: "
+                           + (f"each row's {' and '.join(shapes)}" if shapes else
+                              "the backend's nominal pulse" + (f" (the file's {', '.join(have)} not applied: the backend "
+                                                               "has no pulse shapes)" if have else "")))
                 meta = replay_to_file(backend, ms, mapping, output, backend_spec=spec, reads=reads, tol=program_tol,
                                       program_reads=program_reads, resume=resume, progress=progress,
                                       restart_rows=restart)
