@@ -275,6 +275,37 @@ def law_experiment(cal: Any, copies: int = 32, seed: int = 0) -> dict[str, Any] 
     }
 
 
+def law_by_device(cal: Any, min_reads: int = 60) -> list[dict[str, Any]]:
+    """The pulse law fitted to each device alone (its fitting rows, with a soft-bounds model, as
+    :func:`hil.calibration.pulse_law.fit_pulse_law` fits the pooled one), and its write noise c2c
+    with and without the law: how much of the pooled fit's c2c is the devices' differences in
+    the law (docs/calibration.md, section 7)."""
+    from hil.calibration.filter import Sequences
+    from hil.calibration.pipeline import _family, initial_values
+    from hil.calibration.pulse_law import fit_pulse_law
+
+    ms, w = cal.measurements, cal.weights
+    out = []
+    for d in ms.devices:
+        mine = ms.device == d
+        sub = ms.subset(mine)
+        seq = Sequences.build(sub, w[mine])
+        rows = ~cal.heldout[mine]
+        score = seq.mask(rows)
+        if score.sum() < min_reads:
+            continue
+        fam = _family("softbounds", seq, score, cal.config.table_nodes)
+        law = fit_pulse_law(sub, seq, score, rows, initial_values(fam, seq, score, None), None)
+        if law is None:
+            continue
+        out.append({
+            "device": str(d), "reads": int(score.sum()), "bic_change": law.bic_change,
+            "c2c_identical": law.base_identical["c2c"], "c2c_law": law.base_law["c2c"],
+            "up": law.response.up.model_dump(), "down": law.response.down.model_dump(),
+        })
+    return out
+
+
 def window_by_run(cal: Any) -> dict[str, list[dict[str, Any]]]:
     """Measured conductance window (1st and 99th percentile, siemens) of every run (cycle) of
     each device with held-out runs, in time order, and whether the run is held out: how the
@@ -518,6 +549,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {'KAI / Merz law':<34} {law['parameters']:>2} parameters: BIC {law['bic']:10.1f} (identical pulses "
               f"{law['bic_identical']:.1f}), held-out replay NRMSE {h['nrmse']:.4f}, step spread up "
               f"{h['step_std_ratio_up']:.3f} down {h['step_std_ratio_down']:.3f}")
+    per_dev = law_by_device(cal_f)
+    results["ferro_law_by_device"] = per_dev
+    if law is not None:
+        b = law["law"]
+        print(f"\n--- ferro: the law fitted to each device alone (softbounds, fitting rows); pooled: c2c "
+              f"{b['softbounds_identical']['c2c']:.2f} identical pulses, {b['softbounds_with_law']['c2c']:.2f} with the law")
+        for r in per_dev:
+            u, dn = r["up"], r["down"]
+            print(f"  {r['device']:<16} {r['reads']:>4} reads: c2c {r['c2c_identical']:.2f} -> {r['c2c_law']:.2f}, BIC "
+                  f"{r['bic_change']:+8.1f}; up log10 t0 {u['log10_t0_s']:6.2f} V_a {u['activation_v']:5.2f} n "
+                  f"{u['exponent']:.2f}; down log10 t0 {dn['log10_t0_s']:6.2f} V_a {dn['activation_v']:5.2f} n {dn['exponent']:.2f}")
     # the pipeline without the law (every pulse the same pulse), for comparison
     run_none = calibrate_path(args.data / "ferro-hzo-ampsweep", "auto", None,
                               CalibrationConfig(name="ferro-hzo-identical", pulse_response="none"), replay=False)
