@@ -329,17 +329,61 @@ class BenchCrossbar(CrossbarBackend):
         self._pulse(counts)
 
     def _pulse(self, counts: torch.Tensor) -> None:
+        self._pulse_groups(counts.detach().cpu().to(torch.int64), [(None, None)])
+
+    def _pulse_shapes(self) -> bool:
+        return True  # the generator / SMU sets amplitude and width per burst, within the limits
+
+    def _pulse_shaped(
+        self, counts: torch.Tensor, amplitude_v: torch.Tensor | None, width_s: torch.Tensor | None
+    ) -> None:
+        """Pulses of the given |amplitude| / width (``[rows, cols]``; None: the configured shape of
+        each polarity): the pulsed devices are grouped by shape, each group pulsed as :meth:`_pulse`
+        pulses (row-batched bursts), after every group's shape was checked against the limits."""
         c = counts.detach().cpu().to(torch.int64)
+        cfg = self.config.pulses
+        amp = None if amplitude_v is None else amplitude_v.detach().cpu().double()
+        wid = None if width_s is None else width_s.detach().cpu().double()
+        groups: dict[tuple[int, float, float], torch.Tensor] = {}
+        for i, j in torch.nonzero(c).tolist():
+            pol = 1 if int(c[i, j]) > 0 else -1
+            base = cfg.up if pol > 0 else cfg.down
+            key = (pol, float(amp[i, j]) if amp is not None else base.amplitude_v,
+                   float(wid[i, j]) if wid is not None else base.width_s)
+            groups.setdefault(key, torch.zeros_like(c))[i, j] = c[i, j]
+        lim = self.config.limits
+        for pol, a, w in groups:  # all of them before anything is sent
+            tag = "up" if pol > 0 else "down"
+            lim.check_write_voltage(a, f"pulse: {tag} amplitude_v")
+            lim.check_pulse_width(w, f"pulse: {tag} width_s")
+        ordered = sorted(groups.items(), key=lambda kv: (-kv[0][0], kv[0][1], kv[0][2]))
+        plan = [(PulseShape(amplitude_v=a, width_s=w), gc) for (_, a, w), gc in ordered]
+        if plan:
+            self._pulse_groups(c, [(shape, gc) for shape, gc in plan])
+
+    def _period(self, width_s: float) -> float:
+        """Burst period of pulses ``width_s`` wide: the configured period (which the config checks
+        to exceed its own widths), or twice the width for a pulse at least as long as it."""
+        p = self.config.pulses.period_s
+        return p if width_s < p else 2.0 * width_s
+
+    def _pulse_groups(
+        self, c: torch.Tensor, groups: list[tuple[PulseShape | None, torch.Tensor | None]]
+    ) -> None:
+        """Pulse ``c`` (``[rows, cols]``, int64) as groups ``(shape, counts)``: a shape of None is the
+        configured one of each polarity, counts of None all of ``c``."""
         self.guard.check_pulse_counts(c)
         self.guard.require_write("pulse")
         if not bool(c.any()):
             return
         with self.guard.operation("pulse"):
             try:
-                if self.pulser is not None:
-                    self._pulse_generator(c)
-                else:
-                    self._pulse_smu(c)
+                for shape, gc in groups:
+                    part = c if gc is None else gc
+                    if self.pulser is not None:
+                        self._pulse_generator(part, shape)
+                    else:
+                        self._pulse_smu(part, shape)
             except (InstrumentTimeout, InstrumentConnectionLost) as exc:
                 self.guard.mark_unknown(f"{type(exc).__name__} while pulsing ({exc})")
                 raise
@@ -354,15 +398,19 @@ class BenchCrossbar(CrossbarBackend):
             prev = level
         return out
 
-    def _bursts(self, c: torch.Tensor) -> Iterator[tuple[int, PulseShape, list[tuple[int, list[int], int]]]]:
+    def _bursts(
+        self, c: torch.Tensor, shape_of: PulseShape | None = None
+    ) -> Iterator[tuple[int, PulseShape, list[tuple[int, list[int], int]]]]:
         """Per polarity (+1 up, then -1 down) that has pulses: its shape and its bursts.
 
         A burst is ``(word, bits, n)``: matrix column of the word line, matrix columns
         of the bit lines pulsed together, and the pulse count (see :meth:`_row_bursts`).
+        ``shape_of``: the shape of every pulse (None: the configured one of each polarity).
         """
         cfg = self.config
         mc = cfg.matrix
-        for polarity, shape in ((1, cfg.pulses.up), (-1, cfg.pulses.down)):
+        for polarity, configured in ((1, cfg.pulses.up), (-1, cfg.pulses.down)):
+            shape = configured if shape_of is None else shape_of
             pc = (c * polarity).clamp(min=0)
             if not bool(pc.any()):
                 continue
@@ -380,12 +428,12 @@ class BenchCrossbar(CrossbarBackend):
             return [self._ch(source_row, b) for b in bits] + [self._ch(ground, word)]
         return [self._ch(source_row, word)] + [self._ch(ground, b) for b in bits]
 
-    def _pulse_generator(self, c: torch.Tensor) -> None:
+    def _pulse_generator(self, c: torch.Tensor, shape_of: PulseShape | None = None) -> None:
         cfg = self.config
         m, gen = self.matrix, self.pulser
         assert m is not None and gen is not None
-        for polarity, shape, bursts in self._bursts(c):
-            gen.set_pulse(shape.amplitude_v, shape.width_s, cfg.pulses.period_s)
+        for polarity, shape, bursts in self._bursts(c, shape_of):
+            gen.set_pulse(shape.amplitude_v, shape.width_s, self._period(shape.width_s))
             gen.set_output(True)  # idles at 0 V: relays switch only between completed bursts
             for word, bits, n in bursts:  # down pulses: generator on the bit lines (positive pulses only)
                 m.route(self._pulse_route(cfg.matrix.pulse_row, word, bits, swap=polarity < 0))
@@ -395,14 +443,14 @@ class BenchCrossbar(CrossbarBackend):
         gen.check_errors()
         m.check_errors()
 
-    def _pulse_smu(self, c: torch.Tensor) -> None:
+    def _pulse_smu(self, c: torch.Tensor, shape_of: PulseShape | None = None) -> None:
         cfg = self.config
         m, smu = self.matrix, self.smu
         assert m is not None and smu is not None
-        for polarity, shape, bursts in self._bursts(c):
+        for polarity, shape, bursts in self._bursts(c, shape_of):
             for word, bits, n in bursts:  # the SMU makes both polarities: normal routing
                 m.route(self._pulse_route(cfg.matrix.smu_row, word, bits, swap=False))
-                smu.pulse_train(polarity * shape.amplitude_v, shape.width_s, cfg.pulses.period_s, n)
+                smu.pulse_train(polarity * shape.amplitude_v, shape.width_s, self._period(shape.width_s), n)
         m.open_all_verified()
         smu.source_voltage = cfg.read.voltage_v
         smu.check_errors()
@@ -435,6 +483,7 @@ class BenchCrossbar(CrossbarBackend):
             parallel_update=False,
             transposed_read=False,
             max_pulses_per_call=int(cfg.limits.max_pulses_per_call),
+            pulse_shapes=True,
             hardware_id="; ".join(f"{k}: {v}" for k, v in self.identities.items()) or cfg.name,
             details={
                 "bench": cfg.name,
@@ -449,6 +498,9 @@ class BenchCrossbar(CrossbarBackend):
                 "share it grounded together; down pulses swap the routing"
                 if cfg.pulses.source == "generator"
                 else "batched per row: one SMU TSP pulse train per distinct count per row and polarity",
+                "pulse_shapes": "pulse(counts, amplitude_v, width_s): the pulsed devices grouped by shape, each "
+                "shape checked against the limits before anything is sent and pulsed with its own generator "
+                "(or SMU) setting; period: the configured one, or twice a width that reaches it",
                 "pulse_source": cfg.pulses.source,
                 "read_voltage_v": cfg.read.voltage_v,
                 "up": cfg.pulses.up.model_dump(),

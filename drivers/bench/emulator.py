@@ -189,8 +189,10 @@ class BenchPhysics:
         self.check_shorts()
 
     # ------------------------------------------------------------ physics
-    def apply_pulses(self, source_row: str, volts: float, n: int) -> None:
-        """``n`` pulses of ``volts`` from ``source_row`` on every routed device above the threshold."""
+    def apply_pulses(self, source_row: str, volts: float, n: int, width_s: float | None = None) -> None:
+        """``n`` pulses of ``volts`` (and ``width_s`` seconds) from ``source_row`` on every routed device
+        above the threshold.  A device model with a pulse response sees the pulses' |amplitude| and
+        width (the law scales its step); any other one moves by its nominal step."""
         if n <= 0:
             return
         counts = torch.zeros(self.rows, self.cols, dtype=torch.int64)
@@ -199,7 +201,10 @@ class BenchPhysics:
             if abs(v_dev) >= self.threshold:
                 counts[i, j] = n if v_dev > 0 else -n
         if bool(counts.any()):
-            self.crossbar.pulse(counts)
+            if self.model.pulse_response is not None and width_s is not None:
+                self.crossbar.pulse(counts, amplitude_v=abs(volts), width_s=width_s)
+            else:
+                self.crossbar.pulse(counts)
             self.stats.device_pulses += int(counts.abs().sum())
 
     def smu_current(self, level: float, compliance: float) -> float:
@@ -464,7 +469,7 @@ class EmulatedSMU(_TSPInstrument):
             return
         self.phys.stats.bursts += 1
         if self.output:
-            self.phys.apply_pulses(self.phys.wiring.smu_row, amp, n)
+            self.phys.apply_pulses(self.phys.wiring.smu_row, amp, n, width)
         self.level = rest
         self._sync()
 
@@ -687,7 +692,7 @@ class EmulatedGenerator(_EmulatedInstrument):
             return
         self.phys.stats.bursts += 1
         if self.output and self.func == "PULS":
-            self.phys.apply_pulses(self.phys.wiring.pulse_row, self.high - self.low, self.ncyc)
+            self.phys.apply_pulses(self.phys.wiring.pulse_row, self.high - self.low, self.ncyc, self.width)
 
 
 # =========================================================================== servers
