@@ -278,3 +278,48 @@ def test_cli_calibrate_pulse_response_and_replay_with_shapes(tmp_path) -> None:
     assert err_shaped < 0.5 * err_nominal, (err_shaped, err_nominal)
     r = runner.invoke(cli, ["calibrate", str(src), "-o", str(tmp_path / "x.json"), "--pulse-response", "kai"])
     assert r.exit_code != 0 and "--pulse-response" in r.output
+
+
+def test_amplitude_sweep_protocol_on_a_simulator_with_the_law_and_refused_elsewhere(tmp_path) -> None:
+    """`hil characterize --protocol` with sweeps: every pulse gets its ramp amplitude and its cycle's
+    width, recorded in the file; a backend without pulse shapes refuses the protocol up front."""
+    from hil.calibration.measurements import load_measurements
+
+    p = PulseProtocol(n_up=5, n_down=5, cycles=2, sweep_up_v=(0.5, 2.5), sweep_down_v=(1.0, 3.0),
+                      widths_s=[1e-6, 1e-4], start_weight=0.0)
+    shapes = p.step_shapes()
+    assert [round(s["amplitude_v"], 3) for s in shapes[:5]] == [0.5, 1.0, 1.5, 2.0, 2.5]
+    assert shapes[5]["amplitude_v"] == 1.0 and shapes[10]["width_s"] == 1e-4 and shapes[0]["width_s"] == 1e-6
+    sim = SimulatedCrossbar(1, 2, device=_model(step="constant"), seed=0, periphery=PeripheryConfig.ideal())
+    run_protocol(sim, p, MAPPING, tmp_path / "sweep.csv", backend_spec="sim", progress=False)
+    ms = load_measurements(tmp_path / "sweep.csv")
+    one = ms.device == ms.devices[0]
+    w = MAPPING.to_weight(ms.conductance[one], ms.device[one])
+    amp, wid, pol = ms.optional["amplitude_v"][one], ms.optional["width_s"][one], ms.polarity[one]
+    want = np.where(pol > 0, 0.1 * LAW.scale_np(amp, wid, True), -0.08 * LAW.scale_np(amp, wid, False))
+    # each read follows its own pulse (the first read of the file is after the first pulse)
+    assert np.allclose(np.diff(w), want[1:], rtol=1e-4, atol=2e-6)
+    plain = SimulatedCrossbar(1, 2, device=_model(law=None), seed=0)
+    with pytest.raises(ValueError, match="nominal pulse only"):
+        run_protocol(plain, p, MAPPING, tmp_path / "x.csv", backend_spec="sim", progress=False)
+    assert not (tmp_path / "x.csv").exists()
+    with pytest.raises(ValueError, match="sweep_up_v and amplitude_up_v"):
+        PulseProtocol(sweep_up_v=(0.5, 1.0), amplitude_up_v=1.0)
+    with pytest.raises(ValueError, match="widths_s must be"):
+        PulseProtocol(widths_s=[1e-6, 0.0])
+
+
+def test_pulse_law_roundtrip_example_runs(tmp_path, capsys) -> None:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "examples" / "pulse_law_roundtrip.py"
+    spec = importlib.util.spec_from_file_location("pulse_law_roundtrip", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--devices", "4", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "pulse law kept" in out and (tmp_path / "fitted.json").exists()
+    fitted = DeviceModel.load(tmp_path / "fitted.json").pulse_response
+    assert fitted is not None and abs(fitted.up.exponent / 0.5 - 1.0) < 0.1

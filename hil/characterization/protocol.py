@@ -7,6 +7,9 @@ depression pulses (or down first), each followed by one read of the array
 the same time, one ``pulse()`` and one ``read()`` per step, through the
 :class:`~hil.backend.CrossbarBackend` contract only.
 
+Amplitude sweeps (``sweep_up_v`` / ``sweep_down_v``: the |amplitude| ramped over each
+cycle's pulses of that direction) and one width per cycle (``widths_s``) need a backend
+that applies pulse shapes; any other refuses the protocol before anything is sent.
 ``amplitude_up_v``, ``amplitude_down_v`` and ``width_s`` are applied on a backend that
 can apply pulse shapes (``info.pulse_shapes``: a simulator whose device model has a
 pulse response); any other backend applies its own configured pulse, and they are
@@ -40,6 +43,19 @@ class PulseProtocol(VersionedFile):
     amplitude_up_v: float | None = Field(None, description="recorded potentiation amplitude, volts")
     amplitude_down_v: float | None = Field(None, description="recorded depression amplitude, volts")
     width_s: float | None = Field(None, ge=0, description="recorded pulse width, seconds")
+    sweep_up_v: tuple[float, float] | None = Field(
+        None,
+        description="|amplitude| of the up pulses ramped linearly from the first to the second value over "
+        "the n_up pulses of every cycle, volts (amplitude sweeps; only on a backend with pulse shapes)",
+    )
+    sweep_down_v: tuple[float, float] | None = Field(
+        None, description="the same for the down pulses, volts"
+    )
+    widths_s: list[float] | None = Field(
+        None,
+        description="one pulse width per cycle, in turn (cycle k: widths_s[k mod len]), seconds (only on a "
+        "backend with pulse shapes)",
+    )
     read_voltage_v: float | None = Field(None, description="recorded read voltage, volts")
     devices: Literal["all"] | int | list[tuple[int, int]] = Field(
         "all", description="'all', a number of devices sampled at random (seeded), or [[row, col], ...]"
@@ -58,7 +74,56 @@ class PulseProtocol(VersionedFile):
             raise ValueError(f"devices must be >= 1 when a number, got {self.devices}")
         if isinstance(self.devices, list) and not self.devices:
             raise ValueError("devices list is empty")
+        for tag, sweep, fixed in (("up", self.sweep_up_v, self.amplitude_up_v), ("down", self.sweep_down_v,
+                                                                                 self.amplitude_down_v)):
+            if sweep is not None:
+                if fixed is not None:
+                    raise ValueError(f"sweep_{tag}_v and amplitude_{tag}_v both given: one amplitude rule per direction")
+                if not (sweep[0] > 0 and sweep[1] > 0):
+                    raise ValueError(f"sweep_{tag}_v must be two |amplitudes| > 0 (volts), got {list(sweep)}")
+        if self.widths_s is not None:
+            if self.width_s is not None:
+                raise ValueError("widths_s and width_s both given: one width rule")
+            if not self.widths_s or any(not w > 0 for w in self.widths_s):
+                raise ValueError(f"widths_s must be a non-empty list of widths > 0 (seconds), got {self.widths_s}")
         return self
+
+    @property
+    def sweeps(self) -> bool:
+        """Whether the pulses' shape changes along the protocol (amplitude sweeps or several widths)."""
+        return self.sweep_up_v is not None or self.sweep_down_v is not None or self.widths_s is not None
+
+    def step_shapes(self) -> list[dict[str, float]]:
+        """The shape of every step of :meth:`schedule` (aligned with it): ``amplitude_v`` (recorded
+        value: the fixed amplitude as given, or the sweep's |amplitude|) and ``width_s``, each only
+        where the protocol sets it; reads (polarity 0) get none."""
+        out: list[dict[str, float]] = []
+        counts = {1: self.n_up, -1: self.n_down}
+        sweep = {1: self.sweep_up_v, -1: self.sweep_down_v}
+        k_in = {1: 0, -1: 0}
+        last_cycle = -1
+        for c, pol in self.schedule():
+            if c != last_cycle:
+                k_in = {1: 0, -1: 0}
+                last_cycle = c
+            if pol == 0:
+                out.append({})
+                continue
+            shape: dict[str, float] = {}
+            sw = sweep[pol]
+            if sw is not None:
+                n = counts[pol]
+                f = k_in[pol] / (n - 1) if n > 1 else 0.0
+                shape["amplitude_v"] = float(sw[0] + f * (sw[1] - sw[0]))
+            elif self.amplitude(pol) != 0.0:
+                shape["amplitude_v"] = self.amplitude(pol)
+            if self.widths_s is not None:
+                shape["width_s"] = float(self.widths_s[c % len(self.widths_s)])
+            elif self.width_s:
+                shape["width_s"] = float(self.width_s)
+            k_in[pol] += 1
+            out.append(shape)
+        return out
 
     def schedule(self) -> list[tuple[int, int]]:
         """``(cycle, polarity)`` of every step, in order."""
@@ -89,17 +154,6 @@ class PulseProtocol(VersionedFile):
             out.append((int(r), int(c)))
         if len(set(out)) != len(out):
             raise ValueError("protocol devices list has duplicates")
-        return out
-
-    def pulse_shape(self, polarity: int) -> dict[str, float]:
-        """``pulse()`` keyword arguments of this protocol's pulses of ``polarity`` on a backend that
-        applies pulse shapes (the values the protocol sets; none: the backend's nominal pulse)."""
-        out: dict[str, float] = {}
-        amp = self.amplitude(polarity)
-        if amp != 0.0:
-            out["amplitude_v"] = abs(amp)
-        if self.width_s:
-            out["width_s"] = float(self.width_s)
         return out
 
     def amplitude(self, polarity: int) -> float:

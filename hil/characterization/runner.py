@@ -482,9 +482,9 @@ def replay_to_file(
 # ------------------------------------------------------------------ protocol
 def protocol_columns(p: PulseProtocol) -> list[str]:
     cols = ["device", "cycle", "pulse", "polarity", "conductance"]
-    if p.amplitude_up_v is not None or p.amplitude_down_v is not None:
+    if any(v is not None for v in (p.amplitude_up_v, p.amplitude_down_v, p.sweep_up_v, p.sweep_down_v)):
         cols.append("amplitude_v")
-    if p.width_s is not None:
+    if p.width_s is not None or p.widths_s is not None:
         cols.append("width_s")
     if p.read_voltage_v is not None:
         cols.append("read_voltage_v")
@@ -561,6 +561,12 @@ def run_protocol(
     pc = torch.tensor([p[1] for p in positions], device=backend.device)
     devs_arr = np.array(ids, dtype=object)
     shaped = backend.info.pulse_shapes
+    if protocol.sweeps and not shaped:
+        raise ValueError(
+            f"protocol {protocol.name!r} sweeps the pulse amplitude or width, but {backend.info.name} applies its "
+            "nominal pulse only (info.pulse_shapes is False); nothing was run"
+        )
+    shapes = protocol.step_shapes()
     bar = _progress(len(steps) * n_dev, progress, "characterize")
     bar.update(done)
     t0 = time.perf_counter()
@@ -573,7 +579,8 @@ def run_protocol(
             if pol != 0:
                 counts = torch.zeros(rows, cols, dtype=torch.int64, device=backend.device)
                 counts[pr, pc] = pol
-                backend.pulse(counts, **(protocol.pulse_shape(pol) if shaped else {}))
+                kw = {name: abs(v) for name, v in shapes[k].items()} if shaped else {}
+                backend.pulse(counts, **kw)
             wv = backend.read(protocol.reads)[pr, pc].detach().to("cpu", torch.float64).numpy()
             g = mapping.to_conductance(wv, devs_arr)
             t = t_offset + time.perf_counter() - t0
@@ -585,8 +592,8 @@ def run_protocol(
                     "pulse": k,
                     "polarity": pol,
                     "conductance": gv,
-                    "amplitude_v": protocol.amplitude(pol),
-                    "width_s": (protocol.width_s or 0.0) if pol != 0 else 0.0,
+                    "amplitude_v": shapes[k].get("amplitude_v", 0.0),
+                    "width_s": shapes[k].get("width_s", 0.0),
                     "read_voltage_v": protocol.read_voltage_v,
                     "time_s": t,
                 }
