@@ -216,21 +216,23 @@ def step_factor_experiment(cal: Any, by: str, copies: int = 32, seed: int = 0) -
 
 
 def pooled_replay(cal: Any, theta: np.ndarray, scale_row: np.ndarray, copies: int = 32, seed: int = 0) -> dict[str, Any]:
-    """Monte Carlo replay of a pooled soft-bounds model ``theta`` = (dw_up, dw_down, w_min, w_max, c2c,
-    read_sd) with every row's step scaled by ``scale_row``, pulse by pulse, restarted at the measured
-    value at each run start and at the first held-out read (as ``hil characterize
-    --restart-at-holdout``), scored on the held-out rows by :func:`replay_metrics`."""
+    """Monte Carlo replay of a soft-bounds model ``theta`` = (dw_up, dw_down, w_min, w_max, c2c,
+    read_sd) (``[6]``: pooled; ``[rows, 6]``: each row's device's own) with every row's step scaled
+    by ``scale_row``, pulse by pulse, restarted at the measured value at each run start and at the
+    first held-out read (as ``hil characterize --restart-at-holdout``), scored on the held-out rows
+    by :func:`replay_metrics`."""
     from hil.calibration.compare import holdout_starts
 
     ms, w = cal.measurements, cal.weights
     restart = ms.segment_starts() | holdout_starts(ms, cal.heldout)
     codes, _ = ms.device_codes()
     rng = np.random.default_rng(seed)
-    dwu, dwd, wmin, wmax, c2c, rsd = (float(v) for v in theta)
+    th = np.broadcast_to(np.asarray(theta, dtype=np.float64), (len(ms), 6))
     state: dict[int, np.ndarray] = {}
     reads = np.zeros((len(ms), copies))
     for i in range(len(ms)):
         d = int(codes[i])
+        dwu, dwd, wmin, wmax, c2c, rsd = th[i]
         if restart[i] or d not in state:
             state[d] = np.full(copies, np.clip(w[i], wmin, wmax))
         elif ms.polarity[i] != 0:
@@ -249,6 +251,17 @@ def pooled_replay(cal: Any, theta: np.ndarray, scale_row: np.ndarray, copies: in
     return replay_metrics(ms, reps, cal.heldout)
 
 
+def law_scale_rows(ms: Any, response: Any, rows: np.ndarray | None = None) -> np.ndarray:
+    """Step scale of every row (1 for reads) under a :class:`~hil.pulse_response.PulseResponse`."""
+    amp, width = np.abs(ms.optional["amplitude_v"]), ms.optional["width_s"]
+    out = np.ones(len(ms))
+    sel_rows = np.ones(len(ms), dtype=bool) if rows is None else rows
+    for up in (True, False):
+        sel = sel_rows & (ms.polarity != 0) & ((ms.polarity > 0) == up)
+        out[sel] = response.scale_np(amp[sel], width[sel], up)
+    return out
+
+
 def law_experiment(cal: Any, copies: int = 32, seed: int = 0) -> dict[str, Any] | None:
     """The calibration's own pulse law (:mod:`hil.calibration.pulse_law`: its pooled soft-bounds fit
     with the KAI / Merz law) in :func:`step_factor_experiment`'s harness: BIC on the fitting rows
@@ -256,12 +269,7 @@ def law_experiment(cal: Any, copies: int = 32, seed: int = 0) -> dict[str, Any] 
     law = cal.pulse_law
     if law is None:
         return None
-    ms = cal.measurements
-    amp, width = np.abs(ms.optional["amplitude_v"]), ms.optional["width_s"]
-    scale_row = np.ones(len(ms))
-    for up in (True, False):
-        sel = (ms.polarity != 0) & ((ms.polarity > 0) == up)
-        scale_row[sel] = law.response.scale_np(amp[sel], width[sel], up)
+    scale_row = law_scale_rows(cal.measurements, law.response)
     b = law.base_law
     theta = np.array([b["dw_up"], b["dw_down"], b["w_min"], b["w_max"], b["c2c"], b.get("read_sd", cal.model.read_noise)])
     m = pooled_replay(cal, theta, scale_row, copies, seed)
@@ -275,17 +283,20 @@ def law_experiment(cal: Any, copies: int = 32, seed: int = 0) -> dict[str, Any] 
     }
 
 
-def law_by_device(cal: Any, min_reads: int = 60) -> list[dict[str, Any]]:
+def law_by_device(cal: Any, min_reads: int = 60) -> dict[str, Any]:
     """The pulse law fitted to each device alone (its fitting rows, with a soft-bounds model, as
     :func:`hil.calibration.pulse_law.fit_pulse_law` fits the pooled one), and its write noise c2c
     with and without the law: how much of the pooled fit's c2c is the devices' differences in
-    the law (docs/calibration.md, section 7)."""
+    the law; and the held-out replay with every device replayed with its own fit (the best a
+    device-to-device spread of the law could do: docs/calibration.md, section 7)."""
     from hil.calibration.filter import Sequences
     from hil.calibration.pipeline import _family, initial_values
     from hil.calibration.pulse_law import fit_pulse_law
 
     ms, w = cal.measurements, cal.weights
     out = []
+    theta = np.full((len(ms), 6), np.nan)
+    scale_row = np.ones(len(ms))
     for d in ms.devices:
         mine = ms.device == d
         sub = ms.subset(mine)
@@ -303,7 +314,18 @@ def law_by_device(cal: Any, min_reads: int = 60) -> list[dict[str, Any]]:
             "c2c_identical": law.base_identical["c2c"], "c2c_law": law.base_law["c2c"],
             "up": law.response.up.model_dump(), "down": law.response.down.model_dump(),
         })
-    return out
+        b = law.base_law
+        theta[mine] = [b["dw_up"], b["dw_down"], b["w_min"], b["w_max"], b["c2c"], b["read_sd"]]
+        scale_row[mine] = law_scale_rows(ms, law.response, mine)[mine]
+    replay = None
+    held_devices = {str(d) for d in ms.devices if cal.heldout[ms.device == d].any()}
+    if held_devices <= {r["device"] for r in out}:
+        # only the devices with held-out rows are scored; the others keep a placeholder model
+        fill = np.isnan(theta[:, 0])
+        theta[fill] = [0.0, 0.0, -1.0, 1.0, 0.0, 0.0]
+        m = pooled_replay(cal, theta, scale_row)
+        replay = {k: v for k, v in m.items() if k not in ("amplitude_groups",)}
+    return {"devices": out, "heldout_replay_own_fits": replay}
 
 
 def window_by_run(cal: Any) -> dict[str, list[dict[str, Any]]]:
@@ -555,11 +577,16 @@ def main(argv: list[str] | None = None) -> int:
         b = law["law"]
         print(f"\n--- ferro: the law fitted to each device alone (softbounds, fitting rows); pooled: c2c "
               f"{b['softbounds_identical']['c2c']:.2f} identical pulses, {b['softbounds_with_law']['c2c']:.2f} with the law")
-        for r in per_dev:
+        for r in per_dev["devices"]:
             u, dn = r["up"], r["down"]
             print(f"  {r['device']:<16} {r['reads']:>4} reads: c2c {r['c2c_identical']:.2f} -> {r['c2c_law']:.2f}, BIC "
                   f"{r['bic_change']:+8.1f}; up log10 t0 {u['log10_t0_s']:6.2f} V_a {u['activation_v']:5.2f} n "
                   f"{u['exponent']:.2f}; down log10 t0 {dn['log10_t0_s']:6.2f} V_a {dn['activation_v']:5.2f} n {dn['exponent']:.2f}")
+        h = per_dev["heldout_replay_own_fits"]
+        if h is not None:
+            print(f"  held-out replay, every device with its own fit: NRMSE {h['nrmse']:.4f}, step spread up "
+                  f"{h['step_std_ratio_up']:.3f} down {h['step_std_ratio_down']:.3f}; per device "
+                  + ", ".join(f"{k} {v['nrmse']:.3f}" for k, v in h["per_device"].items()))
     # the pipeline without the law (every pulse the same pulse), for comparison
     run_none = calibrate_path(args.data / "ferro-hzo-ampsweep", "auto", None,
                               CalibrationConfig(name="ferro-hzo-identical", pulse_response="none"), replay=False)
