@@ -328,6 +328,30 @@ def law_by_device(cal: Any, min_reads: int = 60) -> dict[str, Any]:
     return {"devices": out, "heldout_replay_own_fits": replay}
 
 
+def step_smoothness(cal: Any) -> dict[str, float]:
+    """How smooth the measured curves are: the first and second differences of the range-normalized
+    conductance within each run's stretches of one polarity (std and median |.|).  Read noise of
+    std s alone gives a second difference of std sqrt(6) s; a median far below the std means
+    heavy tails: mostly smooth steps and a few large jumps (docs/calibration.md, section 7)."""
+    from hil.calibration.compare import device_ranges
+
+    ms = cal.measurements
+    ranges = device_ranges(ms)
+    d1, d2 = [], []
+    for d in ms.devices:
+        for c in np.unique(ms.cycle[ms.device == d]):
+            sel = (ms.device == d) & (ms.cycle == c)
+            g, pol = ms.conductance[sel] / ranges[d], ms.polarity[sel]
+            for p in (1, -1):
+                gg = g[pol == p]
+                if len(gg) > 5:
+                    d1.append(np.diff(gg))
+                    d2.append(np.diff(gg, 2))
+    a, b = np.concatenate(d1), np.concatenate(d2)
+    return {"first_std": float(a.std()), "first_median_abs": float(np.median(np.abs(a))),
+            "second_std": float(b.std()), "second_median_abs": float(np.median(np.abs(b)))}
+
+
 def window_by_run(cal: Any) -> dict[str, list[dict[str, Any]]]:
     """Measured conductance window (1st and 99th percentile, siemens) of every run (cycle) of
     each device with held-out runs, in time order, and whether the run is held out: how the
@@ -557,6 +581,11 @@ def main(argv: list[str] | None = None) -> int:
         dn = "-" if r["mean_change_down"] is None else f"{r['mean_change_down']:+.4f}"
         print(f"  {r['width_s']:8.0e} s: {r['pulses']:>4} pulses, up {up:>8}, down {dn:>8}, "
               f"held out {r['heldout_fraction']:.0%}")
+    smooth = step_smoothness(cal_f)
+    results["ferro_step_smoothness"] = smooth
+    print("\n--- ferro: smoothness of the measured curves (x range, within runs, one polarity at a time)")
+    print(f"  first difference: std {smooth['first_std']:.4f}, median |.| {smooth['first_median_abs']:.4f}; second "
+          f"difference: std {smooth['second_std']:.4f}, median |.| {smooth['second_median_abs']:.4f}")
     windows = window_by_run(cal_f)
     results["ferro_window_by_run"] = windows
     print("\n--- ferro: conductance window of each run, 1st-99th percentile in nS (f fitting, h held out)")
