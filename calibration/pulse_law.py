@@ -144,11 +144,10 @@ class _LawProblem:
         self._theta: np.ndarray | None = None
         self._res: np.ndarray | None = None
 
-    def bounds(self, lo_w: float, hi_w: float) -> tuple[np.ndarray, np.ndarray]:
-        table = {
-            "dw_up": (1e-6, 10.0), "dw_down": (1e-6, 10.0), "w_min": (-20.0, -1e-3), "w_max": (1e-3, 20.0),
-            "c2c": C2C_BOUNDS, "read_sd": READ_SD_BOUNDS,
-        }
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        # the step parameters' boxes are the pipeline's (Family.bounds), the noise ones fit.py's
+        table = {n: self.fam.bounds(n) for n in ("dw_up", "dw_down", "w_min", "w_max")}
+        table.update(c2c=C2C_BOUNDS, read_sd=READ_SD_BOUNDS)
         lo, hi = [], []
         for n in self.names:
             b = LAW_BOUNDS[n.split("_", 1)[1]] if n.startswith(("up_", "down_")) else table[n]
@@ -203,8 +202,8 @@ class _LawProblem:
         assert self._res is not None
         return self._res[0], self._res[1:].T
 
-    def fit(self, start: np.ndarray, lo_w: float = -20.0, hi_w: float = 20.0, max_nfev: int = 300) -> Any:
-        lo, hi = self.bounds(lo_w, hi_w)
+    def fit(self, start: np.ndarray, max_nfev: int = 300) -> Any:
+        lo, hi = self.bounds()
         x0 = np.clip(start, lo + 1e-9, hi - 1e-9)
         return optimize.least_squares(
             lambda th: self.fun_jac(th, hi)[0], x0, jac=lambda th: self.fun_jac(th, hi)[1],
