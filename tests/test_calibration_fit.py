@@ -414,8 +414,8 @@ def test_ferro_calibration_time_and_replay(shared_data: Path, tmp_path: Path) ->
 @pytest.mark.slow
 def test_ferro_pulse_law_predicts_the_held_out_runs_better(shared_data: Path) -> None:
     """The pulse law's effect on the held-out runs of the ferroelectric set: the trajectory error of
-    the identical-pulse calibration (0.168 at seed 0) falls by at least a quarter with the law
-    (0.109; docs/calibration.md, section 7)."""
+    the identical-pulse calibration (0.167 at seed 0) falls by at least a quarter with the law
+    (0.108; docs/calibration.md, section 7)."""
     from hil.calibration.pipeline import CalibrationConfig
     from hil.calibration.workflow import calibrate_path
 
