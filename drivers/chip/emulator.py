@@ -601,7 +601,7 @@ class ChipEmulator:
             cfg,
             self.sim.generator,
         )
-        self._apply_window(win, n_up, n_down)
+        self._apply_window(win, n_up, n_down, req.amplitude_v, req.width_s)
         return self._log_and_reply(
             frame, crc, win, int(n_up.sum()), int(n_down.sum()), req.amplitude_v, req.width_s, None
         )
@@ -611,7 +611,12 @@ class ChipEmulator:
         # true_weights: what reads and MVMs see (hidden weights plus a write-noise offset, if any)
         return self.sim.true_weights()[win.row0 : win.row0 + win.rows, win.col0 : win.col0 + win.cols]
 
-    def _apply_window(self, win: Window, n_up: torch.Tensor, n_down: torch.Tensor) -> None:
+    def _apply_window(
+        self, win: Window, n_up: torch.Tensor, n_down: torch.Tensor, amp: float | None = None,
+        width: float | None = None,
+    ) -> None:
+        """Apply up / down counts of a window; a device model with a pulse response sees the frame's
+        |amplitude| ``amp`` (volts) and ``width`` (seconds): the law scales its steps."""
         sim = self.sim
         if (win.rows, win.cols) == sim.shape:
             up, down = n_up, n_down
@@ -620,15 +625,21 @@ class ChipEmulator:
             down = torch.zeros(sim.shape, dtype=sim.weights.dtype)
             sl = (slice(win.row0, win.row0 + win.rows), slice(win.col0, win.col0 + win.cols))
             up[sl], down[sl] = n_up, n_down
-        sim.weights = sim.devices.apply(
-            sim.weights, up, down, sim.generator, sim.config.update.max_chunks
-        )
+        law = sim.config.device.pulse_response
+        if law is None or amp is None or width is None:
+            sim.weights = sim.devices.apply(sim.weights, up, down, sim.generator, sim.config.update.max_chunks)
+            return
+        a = torch.tensor(abs(float(amp)), dtype=torch.float64)
+        t = torch.tensor(float(width), dtype=torch.float64)
+        s_up, s_dn = (law.scale_torch(a, t, u).to(sim.weights.dtype).expand(sim.shape) for u in (True, False))
+        with sim.devices.scaled_steps(s_up, s_dn):
+            sim.weights = sim.devices.apply(sim.weights, up, down, sim.generator, sim.config.update.max_chunks)
 
     def _apply_counts(
         self, frame: Frame, crc: int, win: Window, counts: np.ndarray, amp: float, width: float
     ) -> bytes:
         c = torch.from_numpy(np.asarray(counts, dtype=np.int64)).to(self.sim.weights.dtype)
-        self._apply_window(win, c.clamp(min=0), (-c).clamp(min=0))
+        self._apply_window(win, c.clamp(min=0), (-c).clamp(min=0), amp, width)
         n_up = int(counts[counts > 0].sum())
         n_down = int(-counts[counts < 0].sum())
         keep = np.array(counts, dtype=np.int64) if self.config.keep_counts else None

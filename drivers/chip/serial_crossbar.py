@@ -186,6 +186,7 @@ class SerialCrossbar(CrossbarBackend):
             parallel_update=b.parallel_update,
             transposed_read=b.transposed_read,
             max_pulses_per_call=self.limits.max_pulses_per_call,
+            pulse_shapes=True,
             hardware_id=b.hardware_id,
             details={
                 "window": [self.window.row0, self.window.col0, self.window.rows, self.window.cols],
@@ -196,6 +197,8 @@ class SerialCrossbar(CrossbarBackend):
                 "limits": self.limits.model_dump(),
                 "pulse_amplitude_v": self.config.pulse_amplitude_v,
                 "pulse_width_s": self.config.pulse_width_s,
+                "pulse_shapes": "pulse(counts, amplitude_v, width_s): one PULSE_BATCH frame per distinct shape, "
+                "every shape checked against the limits before the first frame",
                 "bl": self.config.bl,
                 "dry_run": self.guard.dry_run,
             },
@@ -267,35 +270,68 @@ class SerialCrossbar(CrossbarBackend):
         return torch.from_numpy(w).to(self.device)
 
     # ----------------------------------------------------------- writes
-    def pulse(self, counts: torch.Tensor) -> None:
-        """Signed pulse counts ``[rows, cols]``; ``|count| > max_pulses_per_call`` is a SafetyError."""
+    def pulse(
+        self,
+        counts: torch.Tensor,
+        amplitude_v: float | torch.Tensor | None = None,
+        width_s: float | torch.Tensor | None = None,
+    ) -> None:
+        """Signed pulse counts ``[rows, cols]``; ``|count| > max_pulses_per_call`` is a SafetyError.
+        ``amplitude_v`` / ``width_s``: pulses of another |amplitude| / width (see the contract)."""
         if isinstance(counts, torch.Tensor) and not counts.is_floating_point() and counts.numel():
             self.guard.check_pulse_counts(counts, "pulse counts")
-        super().pulse(counts)
+        super().pulse(counts, amplitude_v, width_s)
 
-    def _write_checks(self, what: str) -> None:
+    def _write_checks(self, what: str, amplitude_v: float | None = None, width_s: float | None = None) -> None:
         g = self.guard
-        g.check_write_voltage(self.config.pulse_amplitude_v, f"{what} pulse amplitude")
-        g.check_pulse_width(self.config.pulse_width_s, f"{what} pulse width")
+        amp = self.config.pulse_amplitude_v if amplitude_v is None else amplitude_v
+        wid = self.config.pulse_width_s if width_s is None else width_s
+        g.check_write_voltage(amp, f"{what} pulse amplitude")
+        g.check_pulse_width(wid, f"{what} pulse width")
         g.require_write(what)
+
+    def _pulse_shapes(self) -> bool:
+        return True  # PULSE / PULSE_BATCH frames carry their amplitude and width
+
+    def _pulse_shaped(
+        self, counts: torch.Tensor, amplitude_v: torch.Tensor | None, width_s: torch.Tensor | None
+    ) -> None:
+        """Pulses of the given |amplitude| / width (``[rows, cols]``; None: the configured pulse): one
+        frame per distinct shape among the pulsed devices, every shape checked against the limits
+        (and the board armed) before the first frame is sent."""
+        c = counts.detach().to("cpu", torch.int64).numpy()
+        self.guard.check_pulse_counts(c, "pulse counts")
+        cfg = self.config
+        amp = None if amplitude_v is None else amplitude_v.detach().to("cpu", torch.float64).numpy()
+        wid = None if width_s is None else width_s.detach().to("cpu", torch.float64).numpy()
+        groups: dict[tuple[float, float], np.ndarray] = {}
+        for r, k in np.argwhere(c):
+            key = (float(amp[r, k]) if amp is not None else cfg.pulse_amplitude_v,
+                   float(wid[r, k]) if wid is not None else cfg.pulse_width_s)
+            groups.setdefault(key, np.zeros_like(c))[r, k] = c[r, k]
+        for a, w in groups:  # all of them before anything is sent
+            self._write_checks("PULSE_BATCH", a, w)
+        for (a, w), gc in sorted(groups.items()):
+            self._pulse_frame(gc, a, w)
 
     def _pulse(self, counts: torch.Tensor) -> None:
         c = counts.detach().to("cpu", torch.int64).numpy()
         self.guard.check_pulse_counts(c, "pulse counts")
+        self._pulse_frame(c, self.config.pulse_amplitude_v, self.config.pulse_width_s)
+
+    def _pulse_frame(self, c: np.ndarray, amplitude_v: float, width_s: float) -> None:
+        """One PULSE (a single device) or PULSE_BATCH frame of counts ``c`` with this pulse shape."""
         nz = np.argwhere(c)
         if len(nz) == 0:
             return  # nothing to apply, nothing to send
-        cfg = self.config
         if len(nz) == 1:
             r, k = (int(i) for i in nz[0])
-            self._write_checks("PULSE")
-            req = PulseRequest(
-                self.window.row0 + r, self.window.col0 + k, int(c[r, k]), cfg.pulse_amplitude_v, cfg.pulse_width_s
-            )
+            self._write_checks("PULSE", amplitude_v, width_s)
+            req = PulseRequest(self.window.row0 + r, self.window.col0 + k, int(c[r, k]), amplitude_v, width_s)
             cmd, payload, exec_s = Cmd.PULSE, req.pack(), abs(int(c[r, k])) * self.board.t_slot_s
         else:
-            self._write_checks("PULSE_BATCH")
-            req_b = PulseBatchRequest(self.window, cfg.pulse_amplitude_v, cfg.pulse_width_s, c)
+            self._write_checks("PULSE_BATCH", amplitude_v, width_s)
+            req_b = PulseBatchRequest(self.window, amplitude_v, width_s, c)
             cmd, payload = Cmd.PULSE_BATCH, req_b.pack()
             exec_s = int(np.abs(c).max()) * self.rows * self.board.t_slot_s
         requested = int(np.abs(c).sum())
