@@ -323,3 +323,20 @@ def test_pulse_law_roundtrip_example_runs(tmp_path, capsys) -> None:
     assert "pulse law kept" in out and (tmp_path / "fitted.json").exists()
     fitted = DeviceModel.load(tmp_path / "fitted.json").pulse_response
     assert fitted is not None and abs(fitted.up.exponent / 0.5 - 1.0) < 0.1
+
+
+def test_replay_rows_without_a_valid_shape_get_the_nominal_pulse() -> None:
+    """A file with only a width column, some of it missing: those pulses are the nominal ones,
+    the others take their width (and the nominal amplitude of their direction)."""
+    tpl = _sweep_set(1, [1e-4], 4)
+    del tpl.optional["amplitude_v"]
+    width = tpl.optional["width_s"]
+    width[2] = np.nan
+    width[5] = 0.0
+    sim = SimulatedCrossbar(1, 1, device=_model(step="constant"), seed=0, periphery=PeripheryConfig.ideal())
+    w = MAPPING.to_weight(replay_to_set(sim, tpl, MAPPING).conductance, tpl.device)
+    pol = tpl.polarity[1:]
+    s_up, s_dn = LAW.scale_np(3.0, 1e-4, True), LAW.scale_np(3.0, 1e-4, False)
+    want = np.where(pol > 0, 0.1 * s_up, -0.08 * s_dn)
+    want[[1, 4]] = np.where(pol[[1, 4]] > 0, 0.1, -0.08)  # rows 2 and 5: nominal
+    assert np.allclose(np.diff(w), want, rtol=1e-4, atol=1e-6)
