@@ -285,7 +285,13 @@ def write_figure(cal: Calibration, path: str | os.PathLike[str]) -> Path:
         centers = 0.5 * (edges[1:] + edges[:-1])[ok]
         ax.errorbar(centers, mean, yerr=sem, fmt="o", ms=3, color=color, label=f"measured {label} (binned)")
         curve = cal.family.mean_step(grid.reshape(1, -1), pol > 0, {k: v.reshape(1, 1) if v.ndim < 3 else v for k, v in nominal.items()})
-        ax.plot(grid, curve[0], "-", color=color, lw=2, label=f"fitted {label} (nominal)")
+        law = cal.model.pulse_response
+        if law is None:
+            what = "nominal"
+        else:
+            nom = law.nominal_up if pol > 0 else law.nominal_down
+            what = f"nominal device and pulse, {nom.amplitude_v:.3g} V x {nom.width_s:.2g} s"
+        ax.plot(grid, curve[0], "-", color=color, lw=2, label=f"fitted {label} ({what})")
         if cal.per_device is not None:
             for dd in range(min(seq.n_devices, 20)):
                 pd = {
