@@ -153,10 +153,13 @@ def text_summary(cal: Calibration, reference: dict[str, Any] | None = None) -> s
         )
         for d, sw, nom in (("up", r.up, r.nominal_up), ("down", r.down, r.nominal_down)):
             se = {k.split("_", 1)[1]: v for k, v in law.se.items() if k.startswith(d + "_")}
+            loose = se.get("log10_t0_s", 0.0) > 3.0  # decades: t0 trades off with V_a
             lines.append(
                 f"    {d}: log10 t0 {sw.log10_t0_s:.4g} (se {_fmt(se.get('log10_t0_s'))}), V_a {sw.activation_v:.4g} V "
                 f"(se {_fmt(se.get('activation_v'))}), n {sw.exponent:.4g} (se {_fmt(se.get('exponent'))}); "
                 f"nominal pulse {nom.amplitude_v:.4g} V x {nom.width_s:.4g} s"
+                + (f"; t0 not determined (these pulses never saturate): n V_a = {sw.exponent * sw.activation_v:.3g} V "
+                   "and n are what the data fix" if loose else "")
             )
     for c in cal.candidates:
         wf = c.write_noise_fit
