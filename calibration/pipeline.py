@@ -62,6 +62,7 @@ from hil.calibration.fit import (
 )
 from hil.calibration.mapping import Mapping, MappingSpec, choose_mapping
 from hil.calibration.measurements import MeasurementSet
+from hil.calibration.noise_match import NoiseMatch, match_step_spread, scale_noise
 from hil.calibration.pulse_law import PulseLawFit, fit_pulse_law
 from hil.calibration.split import DEFAULT_HOLDOUT, holdout_rows
 from hil.calibration.spread import device_spread, pulse_width_groups
@@ -132,6 +133,12 @@ class CalibrationConfig(HilModel):
         "columns), a KAI / Merz law of the pulse is fitted and kept if it lowers the BIC "
         "(calibration/pulse_law.py); none: every pulse is treated as the same pulse",
     )
+    noise_match: Literal["steps", "none"] = Field(
+        "steps",
+        description="steps: scale the fitted noise terms by one factor where a free-running replay of the "
+        "fitting rows is more (or less) spread per pulse than the measurement, beyond its standard error "
+        "(calibration/noise_match.py); none: keep the likelihood's noise terms",
+    )
     d2d_groups: Literal["pulse_width", "none"] = Field(
         "pulse_width",
         description="pulse_width: the device-to-device spread is measured within groups of devices "
@@ -193,6 +200,7 @@ class Calibration:
     notes: list[str] = field(default_factory=list)
     replay: dict[str, Any] | None = None
     pulse_law: PulseLawFit | None = None
+    noise_match: NoiseMatch | None = None
 
 
 # ------------------------------------------------------------------ helpers
@@ -952,6 +960,16 @@ def _calibrate(ms: MeasurementSet, config: CalibrationConfig | None, fmt: str) -
     timing["final_fit"] = time.perf_counter() - t2
     nominal, d2d, table = _summarize(fam, final_pooled, final_per, device_mask, groups)
     model = build_device_model(fam, nominal, d2d, mapping, cfg.name, description, response)
+    noise: NoiseMatch | None = None
+    if cfg.noise_match == "steps":
+        t3 = time.perf_counter()
+        noise = match_step_spread(train_model, ms.subset(train_rows), mapping, scale_read=read_fixed is None)
+        if noise.applied:
+            # the factor measured on the fitting rows holds for the refit on all rows too: it is
+            # the ratio of the noise the filter needs to the noise a free-running replay needs
+            train_model = scale_noise(train_model, noise.kappa, read=read_fixed is None)
+            model = scale_noise(model, noise.kappa, read=read_fixed is None)
+        timing["noise_match"] = time.perf_counter() - t3
     summary = model_summary(model)
     scale = float(mapping.scale()[0])
     notes = list(ms.notes) + selection_notes
@@ -962,6 +980,14 @@ def _calibrate(ms: MeasurementSet, config: CalibrationConfig | None, fmt: str) -
         )
     if law is not None:
         notes.append(_law_note(law))
+    if noise is not None and noise.applied:
+        notes.append(
+            f"noise terms scaled by {noise.kappa:.3f} (likelihood on the fitting rows: c2c {noise.likelihood['c2c']:.3g}, read noise "
+            f"{noise.likelihood['read_noise']:.3g}): with the likelihood's noise a free-running replay of the "
+            f"fitting rows spreads the per-pulse change {np.sqrt(noise.replayed_var_likelihood / noise.measured_var):.2f}"
+            "x as much as measured -- the filter reads what the mean model misses as noise "
+            "(--noise-match none keeps the likelihood's values)"
+        )
     if unit == "pulses":
         notes.append(
             "every device has a single cycle: the held-out rows are the last "
@@ -1031,6 +1057,7 @@ def _calibrate(ms: MeasurementSet, config: CalibrationConfig | None, fmt: str) -
         ),
         "config": cfg.model_dump(mode="json"),
         "pulse_law": law.as_dict() if law is not None else None,
+        "noise_match": noise.as_dict() if noise is not None else None,
         "notes": notes,
     }
     provenance = jsonable(provenance)
@@ -1059,6 +1086,7 @@ def _calibrate(ms: MeasurementSet, config: CalibrationConfig | None, fmt: str) -
         seconds=timing,
         notes=notes,
         pulse_law=law,
+        noise_match=noise,
     )
 
 

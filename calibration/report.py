@@ -33,8 +33,8 @@ from hil.config import VersionedFile, atomic_write_text
 class FitReport(VersionedFile):
     """``report.json``: the figures of a calibration run."""
 
-    SCHEMA_VERSION = "1.1"
-    schema_version: str = Field("1.1", description="1.1 added pulse_law")
+    SCHEMA_VERSION = "1.2"
+    schema_version: str = Field("1.2", description="1.1 added pulse_law, 1.2 noise_match")
     chosen_model: str
     inputs: list[dict[str, str]] = Field(default_factory=list)
     format: str = ""
@@ -51,6 +51,9 @@ class FitReport(VersionedFile):
     reference: dict[str, Any] = Field(default_factory=dict)
     pulse_law: dict[str, Any] | None = Field(
         None, description="the pulse-response law's fit (calibration/pulse_law.py), where the pulses had shapes"
+    )
+    noise_match: dict[str, Any] | None = Field(
+        None, description="the noise match (calibration/noise_match.py): the factor on the likelihood's noise terms"
     )
     notes: list[str] = Field(default_factory=list)
     seconds: dict[str, float] = Field(default_factory=dict)
@@ -161,6 +164,9 @@ def text_summary(cal: Calibration, reference: dict[str, Any] | None = None) -> s
                 + (f"; t0 not determined (these pulses never saturate): n V_a = {sw.exponent * sw.activation_v:.3g} V "
                    "and n are what the data fix" if loose else "")
             )
+    if cal.noise_match is not None:
+        lines.append("  " + cal.noise_match.line()
+                     + (" (the parameter table above holds the likelihood's values)" if cal.noise_match.applied else ""))
     for c in cal.candidates:
         wf = c.write_noise_fit
         if wf and "bic_gain" in wf:
@@ -374,6 +380,7 @@ def build_report(cal: Calibration, reference: dict[str, Any] | None = None) -> F
         replay=jsonable(rep),
         reference=jsonable(reference or {}),
         pulse_law=jsonable(cal.pulse_law.as_dict()) if cal.pulse_law is not None else None,
+        noise_match=jsonable(cal.noise_match.as_dict()) if cal.noise_match is not None else None,
         notes=cal.notes,
         seconds=cal.seconds,
     )

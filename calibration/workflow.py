@@ -10,12 +10,9 @@ Kalman filter of the fit), not to the read itself, so the held-out rows are pred
 from where the device was without using any held-out read (the CLI, which may run
 without a model, writes the measured read).  Independent copies of
 every device (:func:`replay_count`: about ``REPLAYS`` replayed devices in all)
-are replayed side by side (one simulated device each, one
-``pulse()``/``read()`` per row for all copies), and the held-out rows are scored
-(:mod:`hil.calibration.compare`) with the copies' mean trajectory, i.e. the
-model's expected trajectory, not one noisy realization of it.  The simulator
-reads devices as a single-device measurement would: the model's read noise, no
-DAC/ADC (:func:`device_periphery`).
+are replayed side by side (:func:`hil.calibration.simreplay.replay_copies`), and the
+held-out rows are scored (:mod:`hil.calibration.compare`) with the copies' mean
+trajectory, i.e. the model's expected trajectory, not one noisy realization of it.
 """
 
 from __future__ import annotations
@@ -30,91 +27,19 @@ import numpy as np
 from hil.calibration.compare import device_ranges, holdout_starts, protocol_shift, replay_metrics
 from hil.calibration.filter import run_filter
 from hil.calibration.importers.base import import_measurements
-from hil.calibration.mapping import Mapping
 from hil.calibration.measurements import MeasurementSet
 from hil.calibration.pipeline import Calibration, CalibrationConfig, calibrate, jsonable
+from hil.calibration.simreplay import (  # noqa: F401  (re-exported: the replay helpers' old home)
+    REPLAY_DEFAULTS,
+    REPLAY_ROWS,
+    REPLAYS,
+    device_periphery,
+    replay_copies,
+    replay_count,
+    replay_on_simulator,
+    replicate,
+)
 from hil.device_model import DeviceModel
-
-REPLAY_DEFAULTS: dict[str, Any] = {"reads": 1, "tol": 0.02, "max_iter": 50, "program_reads": 4}
-
-
-def device_periphery(model: DeviceModel) -> Any:
-    """Periphery of a simulated single-device measurement: the model's read noise only."""
-    from hil.simulated import PeripheryConfig
-
-    return PeripheryConfig.ideal().model_copy(update={"w_noise": float(model.read_noise)})
-
-
-def replay_on_simulator(
-    model: DeviceModel,
-    ms: MeasurementSet,
-    mapping: Mapping,
-    seed: int = 0,
-    **kwargs: Any,
-) -> MeasurementSet:
-    """Replay ``ms`` on a ``1 x devices`` simulator of ``model`` (in memory)."""
-    from hil.characterization.runner import replay_to_set
-    from hil.simulated import SimulatedCrossbar
-
-    sim = SimulatedCrossbar(1, len(ms.devices), device=model, periphery=device_periphery(model), seed=seed)
-    args = {**REPLAY_DEFAULTS, **kwargs}
-    return replay_to_set(sim, ms, mapping, **args)
-
-
-# The held-out figures are Monte Carlo estimates: the replayed mean trajectory averages
-# copies x devices x held-out cycles replayed devices.  The HfO2 file (one device, one cycle)
-# with 50 copies gave a held-out NRMSE with a standard deviation of 0.006 over replay seeds
-# (0.095-0.114); 400 copies bring it to 0.002 (docs/calibration.md, section 7).
-REPLAYS = 400  # replayed devices (copies x devices) at most, so at most this many copies
-MIN_REPLAYS = 8  # copies at least
-REPLAY_ROWS = 800_000  # copies are reduced so that copies x rows stays below this (time)
-
-
-def replay_count(ms: MeasurementSet) -> int:
-    """Copies of every device that the held-out replay check runs: ``REPLAYS // devices``
-    (the mean trajectory then averages about ``REPLAYS`` replayed devices), at most
-    ``REPLAY_ROWS // rows`` (time), at least ``MIN_REPLAYS``."""
-    n = min(REPLAYS // max(len(ms.devices), 1), REPLAY_ROWS // max(len(ms), 1))
-    return int(np.clip(n, MIN_REPLAYS, REPLAYS))
-
-
-def replicate(ms: MeasurementSet, mapping: Mapping, copies: int) -> tuple[MeasurementSet, Mapping]:
-    """``copies`` independent copies of every device (ids ``device#k``), rows interleaved so
-    that a replay applies each row to all copies in one ``pulse()``/``read()``."""
-    n = len(ms)
-    order = np.repeat(np.arange(n), copies)
-    rep = ms.subset(order)
-    k = np.tile(np.arange(copies), n)
-    rep.device = np.array([f"{d}#{j}" for d, j in zip(rep.device, k, strict=True)], dtype=object)
-    per = None
-    if mapping.per_device is not None:
-        per = {f"{d}#{j}": mapping.range_of(d) for d in ms.devices for j in range(copies)}
-    return rep, Mapping(model=mapping.model, per_device=per, rule=mapping.rule)
-
-
-def replay_copies(
-    model: DeviceModel,
-    ms: MeasurementSet,
-    mapping: Mapping,
-    copies: int,
-    seed: int = 0,
-    restart_rows: np.ndarray | None = None,
-    restart_g: np.ndarray | None = None,
-) -> list[MeasurementSet]:
-    """``copies`` replays of ``ms`` run side by side on one simulator (one device per copy);
-    ``restart_rows`` / ``restart_g`` as in :func:`hil.characterization.runner.iter_replay`."""
-    rep_ms, rep_map = replicate(ms, mapping, copies)
-    restart = None if restart_rows is None else np.repeat(np.asarray(restart_rows, dtype=bool), copies)
-    g = None if restart_g is None else np.repeat(np.asarray(restart_g, dtype=np.float64), copies)
-    out = replay_on_simulator(model, rep_ms, rep_map, seed=seed, restart_rows=restart, restart_g=g)
-    g = out.conductance.reshape(len(ms), copies)
-    reps = []
-    for j in range(copies):
-        r = ms.subset(np.ones(len(ms), dtype=bool))
-        r.conductance = g[:, j].copy()
-        r.source = f"replay {j} of {ms.source}"
-        reps.append(r)
-    return reps
 
 
 def predicted_reads(cal: Calibration) -> np.ndarray:

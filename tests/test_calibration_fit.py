@@ -408,6 +408,11 @@ def test_ferro_calibration_time_and_replay(shared_data: Path, tmp_path: Path) ->
     assert m.provenance["replay_check"]["replays"] >= 8
     # the amplitude sweeps at several widths carry a pulse law, kept by the BIC
     assert m.pulse_response is not None and m.provenance["pulse_law"]["bic_change"] < -500
+    # the likelihood's noise terms replay steps too spread (they absorb what the mean model
+    # misses): scaled down, the held-out step spread is within the factor 1.5
+    nm = m.provenance["noise_match"]
+    assert nm["applied"] and nm["kappa"] < 0.8, nm
+    assert m.provenance["replay_check"]["pass_step_std"], m.provenance["replay_check"]
     assert cpu < 30, cpu
 
 

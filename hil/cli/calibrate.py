@@ -49,6 +49,10 @@ def _g_range(text: str | None) -> tuple[float, float] | None:
 @click.option("--pulse-response", default="auto", show_default=True, type=click.Choice(["auto", "none"]),
               help="where pulses differ in amplitude or width (amplitude_v, width_s columns): fit a KAI/Merz law "
                    "of the pulse and keep it if the BIC falls (auto), or treat every pulse as the same pulse (none)")
+@click.option("--noise-match", default="steps", show_default=True, type=click.Choice(["steps", "none"]),
+              help="scale the fitted noise terms by one factor where a free-running replay of the fitting rows "
+                   "spreads the per-pulse change more (or less) than measured (steps), or keep the likelihood's "
+                   "values (none)")
 @click.option("--chunk", default=None, type=click.IntRange(8, None),
               help="cut runs longer than this many reads into chunks for the filter (default: the pipeline's)")
 @click.option("-O", "--import-option", "import_options", multiple=True, help="importer option KEY=VALUE (repeatable)")
@@ -72,6 +76,7 @@ def calibrate(
     write_noise: str,
     d2d_groups: str,
     pulse_response: str,
+    noise_match: str,
     chunk: int | None,
     import_options: tuple[str, ...],
     export: Path | None,
@@ -114,6 +119,7 @@ def calibrate(
             write_noise=write_noise,  # type: ignore[arg-type]
             d2d_groups=d2d_groups.replace("-", "_"),  # type: ignore[arg-type]
             pulse_response=pulse_response,  # type: ignore[arg-type]
+            noise_match=noise_match,  # type: ignore[arg-type]
             **({} if chunk is None else {"chunk": chunk}),
         )
         run = calibrate_path(measurements, fmt, _pairs(import_options), cfg, replay=replay_check, seed=seed,
@@ -153,6 +159,8 @@ def calibrate(
             f"{d} t0 10^{law.log10_t0_s:.3g} s, V_a {law.activation_v:.3g} V, n {law.exponent:.3g}, nominal "
             f"{nom.amplitude_v:.4g} V x {nom.width_s:.3g} s"
             for d, law, nom in (("up", r.up, r.nominal_up), ("down", r.down, r.nominal_down))))
+    if cal.noise_match is not None:
+        click.echo(cal.noise_match.line())
     if m.variation.write_noise > 0:
         click.echo(f"write noise {m.variation.write_noise:.3g} (correlation per pulse {m.variation.write_noise_rho:.3g})")
     click.echo(f"symmetry point {s.get('symmetry_point', float('nan')):.4g}, dw_min {s.get('dw_min', float('nan')):.4g}, "
