@@ -184,6 +184,14 @@ def test_calibrate_cli(tmp_path: Path) -> None:
 
     assert m.step.model == "softbounds" and m.provenance["replay_check"]["replays"] == replay_count(ms)
     assert (tmp_path / "rep" / "report.png").is_file()
+    # the noise match ran, said what it found, and left the right model's noise alone
+    nm = m.provenance["noise_match"]
+    assert "noise match:" in r.output and not nm["applied"] and abs(nm["kappa"] - 1) < 0.2, nm
+    assert "noise match:" in (tmp_path / "rep" / "report.txt").read_text()
+    r = CliRunner().invoke(cli, ["calibrate", str(src), "-o", str(tmp_path / "none.json"), "--model", "softbounds",
+                                 "--noise-match", "none", "--no-replay-check", "--g-range", f"{G_RANGE[0]},{G_RANGE[1]}"])
+    assert r.exit_code == 0, r.output
+    assert "noise match:" not in r.output and DeviceModel.load(tmp_path / "none.json").provenance["noise_match"] is None
     r = CliRunner().invoke(cli, ["calibrate", str(tmp_path / "dev.json"), "-o", str(tmp_path / "x.json")])
     assert r.exit_code != 0 and "no importer recognises" in r.output
 
