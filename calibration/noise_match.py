@@ -9,8 +9,9 @@ pulses free-running, and applies that noise to *every* pulse; its per-pulse chan
 then more spread than the measured ones.  When the mean model is right the two agree
 (the round-trip data, the HfO2 file), and nothing is changed.
 
-The rule: replay the fitting rows on the simulator (each measured run starting at its
-first read, as ``hil characterize --replay``) with the likelihood's noise terms and with
+The rule: replay the fitting rows on the simulator (each contiguous run of a device, a
+segment of :meth:`MeasurementSet.segment_starts`, starting at its measured read, as
+``hil characterize --replay``) with the likelihood's noise terms and with
 no noise, and scale those terms by one factor ``kappa`` so that the pooled variance of the
 per-pulse change (range-normalized, up and down each about its own mean) matches the
 measured one.  The variance is about quadratic in the noise scale,
