@@ -133,12 +133,13 @@ def _centered_squares(dg: np.ndarray, pol: np.ndarray) -> np.ndarray:
 
 
 def _mean_and_se(z: np.ndarray) -> tuple[float, float]:
+    """Mean of ``z`` and its standard error by batch means (the steps of a run are correlated)."""
+    from hil.calibration.pipeline import batch_means_se  # the pipeline imports this module
+
     n = len(z)
     if n < 2:
         return float(z.mean()) if n else float("nan"), float("inf")
-    b = max(2, min(BATCHES, n // 4 if n >= 8 else n))
-    means = np.array([part.mean() for part in np.array_split(z, b)])
-    return float(z.mean()), float(np.std(means, ddof=1) / np.sqrt(b))
+    return float(z.mean()), batch_means_se(z - z.mean(), BATCHES) / n
 
 
 def match_step_spread(
