@@ -6,12 +6,15 @@ the KAI / Merz law of the pulse before the step models:
 
 1. a pooled ``softbounds`` fit with identical pulses (the reference);
 2. the same fit with every pulse's step (and its c2c noise) multiplied by
-   ``f(|V|, t) / f(nominal)`` of the law, one law per direction (6 more parameters),
-   from two starts; soft bounds with the law is the KAI picture (each pulse switches a
-   fraction of the domains left);
-3. the law is kept if it lowers the BIC of that pooled fit.  Its per-pulse scales are then
-   fixed (:attr:`hil.calibration.filter.Sequences.scale`) while every candidate step model
-   is fitted and selected as usual, and its 6 parameters count in every candidate's BIC.
+   ``f(|V|, t) / f(nominal)`` of the law, one law per direction (6 more parameters:
+   ``t0``, ``V_a``, ``n``; Merz's ``alpha = 1``), from two starts; soft bounds with the law
+   is the KAI picture (each pulse switches a fraction of the domains left);
+3. the same again with the field exponent ``alpha`` of each direction free (2 more
+   parameters), started from step 2's optimum; it replaces Merz's form if it lowers the BIC;
+4. the law is kept if it lowers the BIC of the pooled fit with identical pulses.  Its
+   per-pulse scales are then fixed (:attr:`hil.calibration.filter.Sequences.scale`) while
+   every candidate step model is fitted and selected as usual, and its parameters (6 or 8)
+   count in every candidate's BIC.
 
 The law is fitted on the fitting rows only (the held-out check replays it; the final
 refit on all rows refits the step model with the law held).  The nominal pulse of each
@@ -31,10 +34,13 @@ from hil.calibration.filter import Sequences, run_filter
 from hil.calibration.fit import C2C_BOUNDS, READ_SD_BOUNDS
 from hil.calibration.measurements import MeasurementSet
 from hil.calibration.stepmodels import Family
-from hil.pulse_response import PulseResponse, PulseShape, SwitchingLaw, log_fraction_of_z
+from hil.pulse_response import PulseResponse, PulseShape, SwitchingLaw, law_z, log_fraction_of_z
 
 LAW_NAMES = ("log10_t0_s", "activation_v", "exponent")
-LAW_BOUNDS = {"log10_t0_s": (-15.0, 12.0), "activation_v": (0.0, 50.0), "exponent": (0.02, 5.0)}
+FIELD_EXPONENT = "field_exponent"
+LAW_BOUNDS = {
+    "log10_t0_s": (-15.0, 12.0), "activation_v": (0.0, 50.0), "exponent": (0.02, 5.0), FIELD_EXPONENT: (0.25, 10.0),
+}
 # starts of the law's fit (both directions): a sharp law with a short t0, then (only where the
 # first fit stops without converging) a gradual one with a long t0
 LAW_STARTS = ((-8.0, 3.0, 0.4), (-2.0, 2.0, 0.15))
@@ -92,17 +98,31 @@ class PulseLawFit:
     se: dict[str, float] = field(default_factory=dict)
     base_identical: dict[str, float] = field(default_factory=dict)
     base_law: dict[str, float] = field(default_factory=dict)
+    # Merz's law (alpha = 1) against a free field exponent alpha per direction
+    nll_merz: float = float("nan")
+    nll_free: float = float("nan")
+    field_exponent_used: bool = False
 
     @property
     def bic_change(self) -> float:
         """BIC with the law minus BIC without it (negative: the law is supported)."""
         return 2.0 * (self.nll_law - self.nll_identical) + self.k_law * float(np.log(self.n_scored))
 
+    @property
+    def field_exponent_bic_change(self) -> float:
+        """BIC with a free field exponent per direction minus BIC with Merz's alpha = 1
+        (negative: the free exponent is supported)."""
+        return 2.0 * (self.nll_free - self.nll_merz) + 2.0 * float(np.log(self.n_scored))
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "used": self.used,
             "law": self.response.law,
-            "rule": "kept if it lowers the BIC of a pooled softbounds fit; fitted on the fitting rows",
+            "rule": "kept if it lowers the BIC of a pooled softbounds fit; fitted on the fitting rows; "
+            "the field exponent alpha is fitted (else Merz's 1) if that lowers the BIC further",
+            "field_exponent_used": self.field_exponent_used,
+            "field_exponent_bic_change": self.field_exponent_bic_change,
+            "nll_merz": self.nll_merz,
             "up": self.response.up.model_dump(),
             "down": self.response.down.model_dump(),
             "nominal_up": self.response.nominal_up.model_dump(),
@@ -111,6 +131,7 @@ class PulseLawFit:
             "bic_change": self.bic_change,
             "nll_identical": self.nll_identical,
             "nll_law": self.nll_law,
+            "nll_free_field_exponent": self.nll_free,
             "parameters": self.k_law,
             "scored_reads": self.n_scored,
             "softbounds_identical": self.base_identical,
@@ -122,7 +143,8 @@ class _LawProblem:
     """Pooled soft-bounds fit with an optional pulse law: residuals and batched Jacobian."""
 
     def __init__(self, seq: Sequences, score: np.ndarray, amp: np.ndarray, width: np.ndarray,
-                 nominal: tuple[PulseShape, PulseShape], read_fixed: float | None, with_law: bool) -> None:
+                 nominal: tuple[PulseShape, PulseShape], read_fixed: float | None, with_law: bool,
+                 field_exponent: bool = False) -> None:
         self.seq = seq
         self.fam = Family("softbounds")
         self.s_idx, self.t_idx = np.nonzero(score)
@@ -139,8 +161,9 @@ class _LawProblem:
         self.read_fixed = read_fixed
         self.with_law = with_law
         self.names = [n for n in BASE_NAMES if not (n == "read_sd" and read_fixed is not None)]
+        self.law_names = (*LAW_NAMES, FIELD_EXPONENT) if field_exponent else LAW_NAMES
         if with_law:
-            self.names += [f"{d}_{n}" for d in ("up", "down") for n in LAW_NAMES]
+            self.names += [f"{d}_{n}" for d in ("up", "down") for n in self.law_names]
         self._theta: np.ndarray | None = None
         self._res: np.ndarray | None = None
 
@@ -158,7 +181,7 @@ class _LawProblem:
     def laws(self, theta: np.ndarray) -> tuple[SwitchingLaw, SwitchingLaw]:
         v = dict(zip(self.names, theta, strict=True))
         return tuple(  # type: ignore[return-value]
-            SwitchingLaw(**{n: float(v[f"{d}_{n}"]) for n in LAW_NAMES}) for d in ("up", "down")
+            SwitchingLaw(**{n: float(v[f"{d}_{n}"]) for n in self.law_names}) for d in ("up", "down")
         )
 
     def scale(self, thetas: np.ndarray) -> np.ndarray:
@@ -166,12 +189,10 @@ class _LawProblem:
         idx = {n: i for i, n in enumerate(self.names)}
         out = np.ones((len(thetas), *self.seq.shape))
         for d, sel, nom in (("up", self.up, self.nominal[0]), ("down", ~self.up & self.pulse, self.nominal[1])):
-            a = thetas[:, idx[f"{d}_log10_t0_s"], None]
-            va = thetas[:, idx[f"{d}_activation_v"], None]
-            n = thetas[:, idx[f"{d}_exponent"], None]
-            ln10 = np.log(10.0)
-            z = n * (self.log_w[sel][None, :] - a * ln10 - va / self.amp[sel][None, :])
-            z_nom = n * (np.log(nom.width_s) - a * ln10 - va / nom.amplitude_v)
+            a, va, n = (thetas[:, idx[f"{d}_{k}"], None] for k in LAW_NAMES)
+            al = thetas[:, idx[f"{d}_{FIELD_EXPONENT}"], None] if FIELD_EXPONENT in self.law_names else 1.0
+            z = law_z(self.log_w[sel][None, :], self.amp[sel][None, :], a, va, n, al)
+            z_nom = law_z(np.log(nom.width_s), nom.amplitude_v, a, va, n, al)
             out[:, sel] = np.exp(log_fraction_of_z(z) - log_fraction_of_z(z_nom))
         return out
 
@@ -238,31 +259,39 @@ def fit_pulse_law(
     fit0 = plain.fit(base0)
     n_scored = len(plain.s_idx)
     law = _LawProblem(seq, score, amp, width, nominal, read_fixed, with_law=True)
-    best = None
+    merz = None
     for st in LAW_STARTS:  # the second start only where the first did not converge
         start = np.concatenate([fit0.x, np.array(st * 2, dtype=np.float64)])
         f = law.fit(start)
-        if best is None or f.cost < best.cost:
-            best = f
+        if merz is None or f.cost < merz.cost:
+            merz = f
         if f.status > 0:
             break
-    assert best is not None
-    up, down = law.laws(best.x)
+    assert merz is not None
+    nll_merz = _nll(law.residuals(merz.x[None, :])[0], n_scored)
+    # the field exponent of each direction, from Merz's optimum (alpha = 1 there)
+    free = _LawProblem(seq, score, amp, width, nominal, read_fixed, with_law=True, field_exponent=True)
+    m = dict(zip(law.names, merz.x, strict=True))
+    f_free = free.fit(np.array([m.get(nm, 1.0) for nm in free.names], dtype=np.float64))
+    nll_free = _nll(free.residuals(f_free.x[None, :])[0], n_scored)
+    use_free = 2.0 * (nll_free - nll_merz) + 2.0 * float(np.log(n_scored)) < 0
+    chosen, best = (free, f_free) if use_free else (law, merz)
+    up, down = chosen.laws(best.x)
     response = PulseResponse(up=up, down=down, nominal_up=nominal[0], nominal_down=nominal[1])
     nll0 = _nll(plain.residuals(fit0.x[None, :])[0], n_scored)
-    nll1 = _nll(law.residuals(best.x[None, :])[0], n_scored)
+    nll1 = nll_free if use_free else nll_merz
     se: dict[str, float] = {}
     try:
         cov = np.linalg.pinv(best.jac.T @ best.jac)
-        for i, n in enumerate(law.names):
-            if n.startswith(("up_", "down_")):
-                se[n] = float(np.sqrt(max(cov[i, i], 0.0)))
+        for i, nm in enumerate(chosen.names):
+            if nm.startswith(("up_", "down_")):
+                se[nm] = float(np.sqrt(max(cov[i, i], 0.0)))
     except np.linalg.LinAlgError:
         pass
-    k = 2 * len(LAW_NAMES)
+    k = 2 * len(chosen.law_names)
     result = PulseLawFit(
         response=response,
-        scale=law.scale(best.x[None, :])[0],
+        scale=chosen.scale(best.x[None, :])[0],
         used=False,
         nll_identical=nll0,
         nll_law=nll1,
@@ -270,7 +299,10 @@ def fit_pulse_law(
         k_law=k,
         se=se,
         base_identical=dict(zip(plain.names, map(float, fit0.x), strict=True)),
-        base_law={n: float(v) for n, v in zip(law.names, best.x, strict=True) if not n.startswith(("up_", "down_"))},
+        base_law={nm: float(v) for nm, v in zip(chosen.names, best.x, strict=True) if not nm.startswith(("up_", "down_"))},
+        nll_merz=nll_merz,
+        nll_free=nll_free,
+        field_exponent_used=bool(use_free),
     )
     result.used = bool(result.bic_change < 0)
     return result

@@ -33,8 +33,10 @@ from hil.config import VersionedFile, atomic_write_text
 class FitReport(VersionedFile):
     """``report.json``: the figures of a calibration run."""
 
-    SCHEMA_VERSION = "1.2"
-    schema_version: str = Field("1.2", description="1.1 added pulse_law, 1.2 noise_match")
+    SCHEMA_VERSION = "1.3"
+    schema_version: str = Field(
+        "1.3", description="1.1 added pulse_law, 1.2 noise_match, 1.3 pulse_law's field exponent"
+    )
     chosen_model: str
     inputs: list[dict[str, str]] = Field(default_factory=list)
     format: str = ""
@@ -152,17 +154,25 @@ def text_summary(cal: Calibration, reference: dict[str, Any] | None = None) -> s
         r = law.response
         lines.append(
             f"  pulse response (KAI / Merz law, fitted with a pooled softbounds model on the fitting rows): BIC "
-            f"{law.bic_change:+.1f} over identical pulses, {'used' if law.used else 'not used'}"
+            f"{law.bic_change:+.1f} over identical pulses, {'used' if law.used else 'not used'}; field exponent "
+            + (f"fitted (BIC {law.field_exponent_bic_change:+.1f} over Merz's alpha = 1)" if law.field_exponent_used
+               else f"Merz's alpha = 1 (a fitted one changes the BIC by {law.field_exponent_bic_change:+.1f})")
         )
         for d, sw, nom in (("up", r.up, r.nominal_up), ("down", r.down, r.nominal_down)):
             se = {k.split("_", 1)[1]: v for k, v in law.se.items() if k.startswith(d + "_")}
             loose = se.get("log10_t0_s", 0.0) > 3.0  # decades: t0 trades off with V_a
+            alpha = (f", alpha {sw.field_exponent:.4g} (se {_fmt(se.get('field_exponent'))})"
+                     if law.field_exponent_used else "")
+            fixed = "n V_a" if sw.field_exponent == 1.0 else "n V_a^alpha"
             lines.append(
                 f"    {d}: log10 t0 {sw.log10_t0_s:.4g} (se {_fmt(se.get('log10_t0_s'))}), V_a {sw.activation_v:.4g} V "
-                f"(se {_fmt(se.get('activation_v'))}), n {sw.exponent:.4g} (se {_fmt(se.get('exponent'))}); "
+                f"(se {_fmt(se.get('activation_v'))}), n {sw.exponent:.4g} (se {_fmt(se.get('exponent'))}){alpha}; "
                 f"nominal pulse {nom.amplitude_v:.4g} V x {nom.width_s:.4g} s"
-                + (f"; t0 not determined (these pulses never saturate): n V_a = {sw.exponent * sw.activation_v:.3g} V "
-                   "and n are what the data fix" if loose else "")
+                + (f"; t0 not determined (these pulses never saturate): {fixed} = "
+                   f"{sw.exponent * sw.activation_v ** sw.field_exponent:.3g} V"
+                   + ("" if sw.field_exponent == 1.0 else "^alpha")
+                   + (" and n are" if sw.field_exponent == 1.0 else ", n and alpha are") + " what the data fix"
+                   if loose else "")
             )
     if cal.noise_match is not None:
         lines.append("  " + cal.noise_match.line()

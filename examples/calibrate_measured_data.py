@@ -610,7 +610,8 @@ def main(argv: list[str] | None = None) -> int:
             u, dn = r["up"], r["down"]
             print(f"  {r['device']:<16} {r['reads']:>4} reads: c2c {r['c2c_identical']:.2f} -> {r['c2c_law']:.2f}, BIC "
                   f"{r['bic_change']:+8.1f}; up log10 t0 {u['log10_t0_s']:6.2f} V_a {u['activation_v']:5.2f} n "
-                  f"{u['exponent']:.2f}; down log10 t0 {dn['log10_t0_s']:6.2f} V_a {dn['activation_v']:5.2f} n {dn['exponent']:.2f}")
+                  f"{u['exponent']:.2f} alpha {u['field_exponent']:.2f}; down log10 t0 {dn['log10_t0_s']:6.2f} V_a "
+                  f"{dn['activation_v']:5.2f} n {dn['exponent']:.2f} alpha {dn['field_exponent']:.2f}")
         h = per_dev["heldout_replay_own_fits"]
         if h is not None:
             print(f"  held-out replay, every device with its own fit: NRMSE {h['nrmse']:.4f}, step spread up "

@@ -228,10 +228,11 @@ class DeviceModel(VersionedFile):
     ``SimulatedCrossbar`` loads it directly; ``hil calibrate`` writes it.
     """
 
-    SCHEMA_VERSION = "1.2"
+    SCHEMA_VERSION = "1.3"
     schema_version: str = Field(
-        "1.2",
-        description="1.2 added pulse_response; 1.1 added variation.write_noise and write_noise_rho; "
+        "1.3",
+        description="1.3 added pulse_response.{up,down}.field_exponent (default 1: Merz's law); "
+        "1.2 added pulse_response; 1.1 added variation.write_noise and write_noise_rho; "
         "older files (without them) load unchanged with identical pulses and no write noise",
     )
     name: str = "device"

@@ -13,10 +13,13 @@ where ``f`` is the fraction of the switchable domains that one pulse of amplitud
 Merz's law for the characteristic switching time (nucleation-limited switching of
 polycrystalline ferroelectrics; Tagantsev et al., Phys. Rev. B 66, 214109, 2002):
 
-    f(V, t) = 1 - exp(-(t / tau(V))^n),   tau(V) = t0 exp(V_a / V)
+    f(V, t) = 1 - exp(-(t / tau(V))^n),   tau(V) = t0 exp((V_a / V)^alpha)
 
-with ``t0`` (seconds, ``log10_t0_s`` stored), the activation voltage ``V_a`` (volts) and the
-exponent ``n``, one set per direction.  The nominal pulse (``V_nom``, ``t_nom``) of each
+with ``t0`` (seconds, ``log10_t0_s`` stored), the activation voltage ``V_a`` (volts), the
+KAI exponent ``n`` and the field exponent ``alpha`` (``field_exponent``), one set per
+direction.  ``alpha = 1`` is Merz's law; ``alpha > 1`` makes the switching time rise
+more steeply below ``V_a``, towards a coercive-voltage threshold (a generalization of
+Merz's law; ``hil calibrate`` keeps a fitted ``alpha`` only where the BIC supports it).  The nominal pulse (``V_nom``, ``t_nom``) of each
 direction is the pulse at which the step model's parameters hold: a pulse without a
 stated shape is the nominal pulse (scale 1), so a model with a pulse response trains
 exactly like one without.  Combined with a soft-bounds step (the step proportional to the
@@ -42,8 +45,12 @@ class SwitchingLaw(HilModel):
     """KAI fraction switched by one pulse, with Merz's law for the switching time (one direction)."""
 
     log10_t0_s: float = Field(description="log10 of t0 (seconds): the switching time at infinite amplitude")
-    activation_v: float = Field(ge=0, description="Merz activation voltage V_a (volts): tau = t0 exp(V_a / |V|)")
+    activation_v: float = Field(ge=0, description="Merz activation voltage V_a (volts): tau = t0 exp((V_a / |V|)^alpha)")
     exponent: float = Field(gt=0, description="KAI exponent n (dimensionless)")
+    field_exponent: float = Field(
+        1.0, gt=0, description="field exponent alpha of the Merz law tau = t0 exp((V_a / |V|)^alpha) "
+        "(dimensionless; 1: Merz's original form)"
+    )
 
 
 class PulseShape(HilModel):
@@ -81,7 +88,9 @@ class PulseResponse(HilModel):
         nom = self.nominal_up if up else self.nominal_down
         ref = float(log_fraction_np(nom.amplitude_v, nom.width_s, law))
         v = amplitude_v.abs().clamp(min=1e-12)
-        z = law.exponent * (torch.log(width_s) - law.log10_t0_s * math.log(10.0) - law.activation_v / v)
+        z = law.exponent * (
+            torch.log(width_s) - law.log10_t0_s * math.log(10.0) - (law.activation_v / v) ** law.field_exponent
+        )
         return torch.exp(_log_fraction_of_z_torch(z) - ref)
 
 
@@ -89,8 +98,15 @@ def log_fraction_np(amplitude_v: Any, width_s: Any, law: SwitchingLaw) -> np.nda
     """``log f(|V|, t)`` of the KAI/Merz law, computed without underflow (numpy)."""
     v = np.maximum(np.abs(np.asarray(amplitude_v, dtype=np.float64)), 1e-12)
     t = np.asarray(width_s, dtype=np.float64)
-    z = law.exponent * (np.log(t) - law.log10_t0_s * np.log(10.0) - law.activation_v / v)
+    z = law_z(np.log(t), v, law.log10_t0_s, law.activation_v, law.exponent, law.field_exponent)
     return log_fraction_of_z(z)
+
+
+def law_z(log_width: Any, amplitude_v: Any, log10_t0_s: Any, activation_v: Any, exponent: Any,
+          field_exponent: Any = 1.0) -> np.ndarray:
+    """``z = n (ln t - ln t0 - (V_a / |V|)^alpha)`` (numpy, broadcasting), so that
+    ``f = 1 - exp(-exp(z))``; ``amplitude_v`` must be > 0."""
+    return exponent * (log_width - log10_t0_s * np.log(10.0) - (activation_v / amplitude_v) ** field_exponent)
 
 
 def log_fraction_of_z(z: np.ndarray) -> np.ndarray:

@@ -307,7 +307,7 @@ def test_device_model_round_trip_every_step_model(kind: str, tmp_path) -> None:
         conductance=ConductanceMapping(g_min_s=1e-6, g_max_s=1e-4),
         provenance={"fit": {"rmse": 0.1}, "files": ["a.csv"]},
         pulse_response=PulseResponse(
-            up=SwitchingLaw(log10_t0_s=-8.0, activation_v=3.0, exponent=0.4),
+            up=SwitchingLaw(log10_t0_s=-8.0, activation_v=3.0, exponent=0.4, field_exponent=2.0),
             down=SwitchingLaw(log10_t0_s=-7.0, activation_v=2.0, exponent=0.3),
             nominal_up=PulseShape(amplitude_v=2.5, width_s=1e-6),
             nominal_down=PulseShape(amplitude_v=3.0, width_s=1e-6),
@@ -317,7 +317,7 @@ def test_device_model_round_trip_every_step_model(kind: str, tmp_path) -> None:
     assert again == m and type(again.step) is type(step)
     path = m.save(tmp_path / "sub" / "dev.json")
     assert DeviceModel.load(path) == m
-    assert json.loads(path.read_text())["schema_version"] == DeviceModel.SCHEMA_VERSION == "1.2"
+    assert json.loads(path.read_text())["schema_version"] == DeviceModel.SCHEMA_VERSION == "1.3"
     # and the simulator builds from the file
     sim = SimulatedCrossbar(2, 2, device=str(path))
     assert sim.config.device == m

@@ -414,13 +414,17 @@ def test_ferro_calibration_time_and_replay(shared_data: Path, tmp_path: Path) ->
     assert m.provenance["mapping"]["per_device"]
     assert any("NOT identical" in n for n in m.provenance["notes"])
     assert m.provenance["replay_check"]["replays"] >= 8
-    # the amplitude sweeps at several widths carry a pulse law, kept by the BIC
+    # the amplitude sweeps at several widths carry a pulse law, kept by the BIC, with a field
+    # exponent of its own (the up pulses switch with a threshold-like amplitude law)
     assert m.pulse_response is not None and m.provenance["pulse_law"]["bic_change"] < -500
+    assert m.provenance["pulse_law"]["field_exponent_used"] and m.pulse_response.up.field_exponent > 2
     # the likelihood's noise terms replay steps too spread (they absorb what the mean model
     # misses): scaled down, the held-out step spread is within the issue's factor 1.5
     nm = m.provenance["noise_match"]
     assert nm["applied"] and nm["kappa"] < 0.8, nm
     assert m.provenance["replay_check"]["pass_step_std"], m.provenance["replay_check"]
+    # and the held-out runs' mean trajectory is within the issue's 10 % of the range
+    assert m.provenance["replay_check"]["pass_nrmse"], m.provenance["replay_check"]["nrmse"]
     assert cpu < 30, cpu
 
 

@@ -58,6 +58,26 @@ def test_device_model_with_pulse_response_round_trips(tmp_path) -> None:
     assert back == m and back.pulse_response == LAW
     with pytest.raises(ValueError, match="exponent"):
         SwitchingLaw(log10_t0_s=-6.0, activation_v=1.0, exponent=0.0)
+    with pytest.raises(ValueError, match="field_exponent"):
+        SwitchingLaw(log10_t0_s=-6.0, activation_v=1.0, exponent=0.5, field_exponent=-1.0)
+
+
+def test_a_schema_1_2_model_without_field_exponent_loads_with_merz_law(tmp_path) -> None:
+    """Files written before the field exponent (schema 1.2) read as Merz's law (alpha = 1)."""
+    import json
+
+    d = json.loads(_model(0.2).to_json())
+    d["schema_version"] = "1.2"
+    for direction in ("up", "down"):
+        del d["pulse_response"][direction]["field_exponent"]
+    (tmp_path / "old.json").write_text(json.dumps(d))
+    old = DeviceModel.load(tmp_path / "old.json")
+    assert old.pulse_response is not None and old.pulse_response.up.field_exponent == 1.0
+    assert old.pulse_response == LAW
+    # alpha = 1 is Merz's tau = t0 exp(V_a / V): the law's log fraction by hand
+    v, t = 1.7, 3e-6
+    z = 0.5 * (np.log(t) + 6.0 * np.log(10.0) - 4.0 / v)
+    assert np.isclose(float(log_fraction_np(v, t, LAW.up)), np.log(-np.expm1(-np.exp(z))), rtol=1e-12)
 
 
 @pytest.mark.parametrize("step", ["constant", "softbounds", "pow"])
@@ -204,6 +224,8 @@ def test_calibration_fits_the_law_back_from_amplitude_sweeps() -> None:
     ms = replay_to_set(sim, tpl, MAPPING)
     cal = calibrate(ms, CalibrationConfig(model="softbounds"))
     assert cal.pulse_law is not None and cal.pulse_law.used and cal.pulse_law.bic_change < -100
+    # Merz's form (alpha = 1) is the truth: a free field exponent does not pay for its 2 parameters
+    assert not cal.pulse_law.field_exponent_used and cal.pulse_law.field_exponent_bic_change > 0
     fitted = cal.train_model.pulse_response
     assert fitted is not None and cal.model.pulse_response == fitted
     for d in ("up", "down"):
@@ -226,6 +248,29 @@ def test_calibration_fits_the_law_back_from_amplitude_sweeps() -> None:
     same.optional["width_s"] = np.full(len(ms), 1e-6)
     same.optional["amplitude_v"] = np.full(len(ms), 2.0)
     assert calibrate(same, CalibrationConfig(model="softbounds")).pulse_law is None
+
+
+def test_calibration_fits_a_steep_field_exponent_back() -> None:
+    """A device whose up pulses switch with a threshold-like amplitude law (field exponent
+    alpha 3: tau = t0 exp((V_a / V)^3)): the BIC keeps the free exponent, which comes back
+    within 15 %, and the relative strength of the swept pulses within 20 %."""
+    steep = LAW.model_copy(update={"up": SwitchingLaw(log10_t0_s=-6.0, activation_v=2.0, exponent=0.5, field_exponent=3.0)})
+    truth = _model(0.3, law=steep).model_copy(update={"read_noise": 0.01})
+    sim = SimulatedCrossbar(1, 6, device=truth, seed=3, periphery=PeripheryConfig.ideal().model_copy(update={"w_noise": 0.01}))
+    ms = replay_to_set(sim, _sweep_set(6, [1e-7, 1e-6, 1e-5, 1e-4], 30), MAPPING)
+    law = calibrate(ms, CalibrationConfig(model="softbounds")).pulse_law
+    assert law is not None and law.used and law.field_exponent_used and law.field_exponent_bic_change < -50
+    up = law.response.up
+    assert abs(up.field_exponent / 3.0 - 1.0) < 0.15 and abs(up.activation_v / 2.0 - 1.0) < 0.10
+    assert abs(law.response.down.field_exponent - 1.0) < 0.15
+    amp = np.linspace(0.5, 3.5, 30)
+    ref = law.response.scale_np(3.0, 1e-5, True)
+    for wdt in (1e-7, 1e-6, 1e-5):
+        true = steep.scale_np(amp, wdt, True)
+        big = true > 0.1 * true.max()
+        got = law.response.scale_np(amp[big], wdt, True) / ref
+        assert np.all(np.abs(got / true[big] - 1.0) < 0.20), (wdt, got / true[big])
+    assert law.as_dict()["field_exponent_used"] is True
 
 
 def test_d2d_and_c2c_scale_with_the_pulse() -> None:

@@ -156,7 +156,8 @@ def calibrate(
     if m.pulse_response is not None:
         r = m.pulse_response
         click.echo("pulse response (KAI/Merz, step x f(|V|, t) / f(nominal)): " + "; ".join(
-            f"{d} t0 10^{law.log10_t0_s:.3g} s, V_a {law.activation_v:.3g} V, n {law.exponent:.3g}, nominal "
+            f"{d} t0 10^{law.log10_t0_s:.3g} s, V_a {law.activation_v:.3g} V, n {law.exponent:.3g}"
+            + (f", alpha {law.field_exponent:.3g}" if law.field_exponent != 1.0 else "") + ", nominal "
             f"{nom.amplitude_v:.4g} V x {nom.width_s:.3g} s"
             for d, law, nom in (("up", r.up, r.nominal_up), ("down", r.down, r.nominal_down))))
     if cal.noise_match is not None:
