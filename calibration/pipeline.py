@@ -127,11 +127,12 @@ class CalibrationConfig(HilModel):
         description="auto: every candidate is also fitted with the non-accumulating write-noise offset, "
         "kept where the data determine it and it lowers the BIC; off: never",
     )
-    pulse_response: Literal["auto", "none"] = Field(
+    pulse_response: Literal["auto", "merz", "none"] = Field(
         "auto",
         description="auto: where the pulses differ in amplitude or width (amplitude_v and width_s "
-        "columns), a KAI / Merz law of the pulse is fitted and kept if it lowers the BIC "
-        "(calibration/pulse_law.py); none: every pulse is treated as the same pulse",
+        "columns), a KAI / Merz law of the pulse is fitted, with a field exponent alpha where the BIC "
+        "supports it, and kept if it lowers the BIC (calibration/pulse_law.py); merz: the same with "
+        "Merz's alpha = 1 only; none: every pulse is treated as the same pulse",
     )
     noise_match: Literal["steps", "none"] = Field(
         "steps",
@@ -820,10 +821,11 @@ def _calibrate(ms: MeasurementSet, config: CalibrationConfig | None, fmt: str) -
     timing["prepare"] = time.perf_counter() - t0
     # ---- the pulse law (pulses of different amplitude / width), fitted once, held for every candidate
     law: PulseLawFit | None = None
-    if cfg.pulse_response == "auto":
+    if cfg.pulse_response != "none":
         t1 = time.perf_counter()
         sb = _family("softbounds", seq, train, cfg.table_nodes)
-        law = fit_pulse_law(ms, seq, train, train_rows, initial_values(sb, seq, train, read_fixed), read_fixed)
+        law = fit_pulse_law(ms, seq, train, train_rows, initial_values(sb, seq, train, read_fixed), read_fixed,
+                            field_exponent=cfg.pulse_response == "auto")
         if law is not None and law.used:
             seq.scale = law.scale
         timing["pulse_law"] = time.perf_counter() - t1

@@ -244,11 +244,14 @@ def fit_pulse_law(
     rows: np.ndarray,
     init: dict[str, Any],
     read_fixed: float | None,
+    field_exponent: bool = True,
 ) -> PulseLawFit | None:
     """The law fitted on the reads ``score`` (``[S, T]``; ``rows``: the same rows as a row mask),
     or None where the file has no pulse shapes to fit it from (:func:`pulse_shapes`).
 
-    ``init``: start values of the soft-bounds parameters (``dw_up``, ..., ``read_sd``)."""
+    ``init``: start values of the soft-bounds parameters (``dw_up``, ..., ``read_sd``).
+    ``field_exponent``: also fit a free field exponent per direction and keep it where it lowers
+    the BIC (False: Merz's ``alpha = 1`` only; the free fit is then not run and its NLL is NaN)."""
     shapes = pulse_shapes(ms)
     if shapes is None or not score.any():
         return None
@@ -270,12 +273,15 @@ def fit_pulse_law(
     assert merz is not None
     nll_merz = _nll(law.residuals(merz.x[None, :])[0], n_scored)
     # the field exponent of each direction, from Merz's optimum (alpha = 1 there)
-    free = _LawProblem(seq, score, amp, width, nominal, read_fixed, with_law=True, field_exponent=True)
-    m = dict(zip(law.names, merz.x, strict=True))
-    f_free = free.fit(np.array([m.get(nm, 1.0) for nm in free.names], dtype=np.float64))
-    nll_free = _nll(free.residuals(f_free.x[None, :])[0], n_scored)
-    use_free = 2.0 * (nll_free - nll_merz) + 2.0 * float(np.log(n_scored)) < 0
-    chosen, best = (free, f_free) if use_free else (law, merz)
+    chosen, best, nll_free, use_free = law, merz, float("nan"), False
+    if field_exponent:
+        free = _LawProblem(seq, score, amp, width, nominal, read_fixed, with_law=True, field_exponent=True)
+        m = dict(zip(law.names, merz.x, strict=True))
+        f_free = free.fit(np.array([m.get(nm, 1.0) for nm in free.names], dtype=np.float64))
+        nll_free = _nll(free.residuals(f_free.x[None, :])[0], n_scored)
+        use_free = 2.0 * (nll_free - nll_merz) + 2.0 * float(np.log(n_scored)) < 0
+        if use_free:
+            chosen, best = free, f_free
     up, down = chosen.laws(best.x)
     response = PulseResponse(up=up, down=down, nominal_up=nominal[0], nominal_down=nominal[1])
     nll0 = _nll(plain.residuals(fit0.x[None, :])[0], n_scored)

@@ -156,6 +156,7 @@ def text_summary(cal: Calibration, reference: dict[str, Any] | None = None) -> s
             f"  pulse response (KAI / Merz law, fitted with a pooled softbounds model on the fitting rows): BIC "
             f"{law.bic_change:+.1f} over identical pulses, {'used' if law.used else 'not used'}; field exponent "
             + (f"fitted (BIC {law.field_exponent_bic_change:+.1f} over Merz's alpha = 1)" if law.field_exponent_used
+               else "Merz's alpha = 1 (not fitted: --pulse-response merz)" if np.isnan(law.nll_free)
                else f"Merz's alpha = 1 (a fitted one changes the BIC by {law.field_exponent_bic_change:+.1f})")
         )
         for d, sw, nom in (("up", r.up, r.nominal_up), ("down", r.down, r.nominal_down)):

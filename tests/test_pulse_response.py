@@ -271,6 +271,11 @@ def test_calibration_fits_a_steep_field_exponent_back() -> None:
         got = law.response.scale_np(amp[big], wdt, True) / ref
         assert np.all(np.abs(got / true[big] - 1.0) < 0.20), (wdt, got / true[big])
     assert law.as_dict()["field_exponent_used"] is True
+    # --pulse-response merz: Merz's alpha = 1 only, the free exponent is not even fitted
+    merz = calibrate(ms, CalibrationConfig(model="softbounds", pulse_response="merz")).pulse_law
+    assert merz is not None and merz.used and not merz.field_exponent_used and np.isnan(merz.nll_free)
+    assert merz.response.up.field_exponent == 1.0 and merz.k_law == 6 and law.k_law == 8
+    assert merz.nll_law > law.nll_law + 50
 
 
 def test_d2d_and_c2c_scale_with_the_pulse() -> None:
@@ -298,14 +303,17 @@ def test_cli_calibrate_pulse_response_and_replay_with_shapes(tmp_path) -> None:
     sim = SimulatedCrossbar(1, 3, device=truth, seed=1, periphery=PeripheryConfig.ideal().model_copy(update={"w_noise": 0.01}))
     src = replay_to_set(sim, _sweep_set(3, [1e-7, 1e-5, 1e-4], 20), MAPPING).save(tmp_path / "sweeps.csv")
     runner = CliRunner()
-    for opt in ("auto", "none"):
+    for opt in ("auto", "merz", "none"):
         out = tmp_path / f"{opt}.json"
         r = runner.invoke(cli, ["calibrate", str(src), "-o", str(out), "--model", "softbounds", "--no-replay-check",
                                 "--pulse-response", opt])
         assert r.exit_code == 0, r.output
         m = DeviceModel.load(out)
-        assert (m.pulse_response is not None) == (opt == "auto")
-        assert ("pulse response (KAI/Merz" in r.output) == (opt == "auto")
+        assert (m.pulse_response is not None) == (opt != "none")
+        assert ("pulse response (KAI/Merz" in r.output) == (opt != "none")
+        if opt == "merz":
+            assert m.provenance["pulse_law"]["field_exponent_used"] is False
+            assert m.provenance["pulse_law"]["nll_free_field_exponent"] is None  # not fitted
     rep = tmp_path / "rep.csv"
     r = runner.invoke(cli, ["characterize", "--backend", f"sim:{tmp_path / 'auto.json'}", "--replay", str(src), "-o", str(rep)])
     assert r.exit_code == 0, r.output

@@ -46,9 +46,10 @@ def _g_range(text: str | None) -> tuple[float, float] | None:
 @click.option("--d2d-groups", default="pulse-width", show_default=True, type=click.Choice(["pulse-width", "none"]),
               help="measure the device-to-device spread within groups of devices pulsed with the same widths "
                    "(a width difference is protocol, not device variation), or around the mean of all devices")
-@click.option("--pulse-response", default="auto", show_default=True, type=click.Choice(["auto", "none"]),
+@click.option("--pulse-response", default="auto", show_default=True, type=click.Choice(["auto", "merz", "none"]),
               help="where pulses differ in amplitude or width (amplitude_v, width_s columns): fit a KAI/Merz law "
-                   "of the pulse and keep it if the BIC falls (auto), or treat every pulse as the same pulse (none)")
+                   "of the pulse, with a field exponent where the BIC supports it, and keep it if the BIC falls "
+                   "(auto); the same with Merz's exponent 1 only (merz); or treat every pulse as the same pulse (none)")
 @click.option("--noise-match", default="steps", show_default=True, type=click.Choice(["steps", "none"]),
               help="scale the fitted noise terms by one factor where a free-running replay of the fitting rows "
                    "spreads the per-pulse change more (or less) than measured (steps), or keep the likelihood's "
