@@ -33,8 +33,11 @@ Steps (each documented in docs/calibration.md):
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import datetime as _dt
+import multiprocessing
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -361,6 +364,89 @@ def _chain_init(kind: str, base: dict[str, Any], fits: dict[str, FitResult]) -> 
     return [base] if init == base else [base, init]
 
 
+
+
+# the candidate whose pooled fit :func:`_chain_init` starts a candidate from (the first one
+# present in the run): it is fitted first
+CHAIN_SOURCES: dict[str, tuple[str, ...]] = {
+    "linear": ("softbounds",), "pow": ("softbounds",), "exp": ("constant",), "table": ("softbounds", "constant"),
+}
+
+
+# relative cost of a candidate's fit (more parameters, more filter work): the order in which
+# ready candidates are handed to the workers
+FIT_COST_RANK: dict[str, int] = {"table": 5, "linear": 4, "pow": 3, "exp": 2, "constant": 1, "softbounds": 0}
+
+
+def _chain_deps(kind: str, kinds: list[str]) -> list[str]:
+    return [s for s in CHAIN_SOURCES.get(kind, ()) if s in kinds][:1]
+
+
+@dataclass
+class _CandidateFit:
+    """One candidate step model fitted on the fitting rows (see :func:`_fit_candidates`)."""
+
+    fam: Family
+    pooled: FitResult
+    per: FitResult | None
+    write_info: dict[str, Any]
+    bound_lines: list[str]
+    nll_heldout: np.ndarray
+    seconds: float
+
+
+def _fit_candidate(
+    kind: str, seq: Sequences, train: np.ndarray, held: np.ndarray, read_fixed: float | None,
+    cfg: CalibrationConfig, chain: dict[str, FitResult],
+) -> _CandidateFit:
+    """Pooled and per-device fit of one candidate, its bounds rule and held-out NLL; ``chain``
+    holds the pooled fits it may start from (:func:`_chain_init`).  A pure function of its
+    arguments: it runs in this process or in a worker, with the same result."""
+    with blas_single_thread():
+        t1 = time.perf_counter()
+        fam = _family(kind, seq, train, cfg.table_nodes)
+        init = _chain_init(kind, initial_values(fam, seq, train, read_fixed), chain)
+        pooled, per, winfo = _fit_pair(fam, seq, train, init, read_fixed, cfg.max_nfev, cfg.write_noise)
+        pooled, bound_lines = bounds_at_reads(fam, seq, train, pooled)
+        if per is not None:
+            per, bound_lines = bounds_at_reads(fam, seq, train, per)
+        best = per if per is not None else pooled
+        nll_h = row_nll(fam, seq, best, held) if held.any() else np.zeros(0)
+        return _CandidateFit(fam, pooled, per, winfo, bound_lines, nll_h, time.perf_counter() - t1)
+
+
+def _fit_candidates(
+    order: list[str], seq: Sequences, train: np.ndarray, held: np.ndarray, read_fixed: float | None,
+    cfg: CalibrationConfig, jobs: int,
+) -> dict[str, _CandidateFit]:
+    """Every candidate of ``order`` fitted by :func:`_fit_candidate`: one after the other
+    (``jobs`` 1), or in up to ``jobs`` worker processes, each candidate as soon as the fit it
+    starts from is done.  The fits are deterministic, so both give the same result."""
+    deps = {k: _chain_deps(k, order) for k in order}
+    done: dict[str, _CandidateFit] = {}
+
+    def chain(k: str) -> dict[str, FitResult]:
+        return {d: done[d].pooled for d in deps[k]}
+
+    if jobs <= 1 or len(order) < 2:
+        for k in order:
+            done[k] = _fit_candidate(k, seq, train, held, read_fixed, cfg, chain(k))
+        return done
+    # workers start from a fork server (no fork of this process, which may hold torch's threads);
+    # the most expensive candidates go first
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    waiting = sorted(order, key=lambda k: -FIT_COST_RANK.get(k, 0))
+    running: dict[concurrent.futures.Future[_CandidateFit], str] = {}
+    with concurrent.futures.ProcessPoolExecutor(max_workers=min(jobs, len(order)), mp_context=ctx) as pool:
+        while waiting or running:
+            for k in [k for k in waiting if all(d in done for d in deps[k])]:
+                waiting.remove(k)
+                running[pool.submit(_fit_candidate, k, seq, train, held, read_fixed, cfg, chain(k))] = k
+            finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+            for f in finished:
+                done[running.pop(f)] = f.result()
+    return done
 
 
 def write_noise_undetermined(fit: FitResult, longest_run: int | None = None) -> list[str]:
@@ -780,13 +866,32 @@ def blas_single_thread() -> contextlib.AbstractContextManager[Any]:
     return threadpool_limits(limits=1)
 
 
-def calibrate(ms: MeasurementSet, config: CalibrationConfig | None = None, fmt: str = "schema") -> Calibration:
-    """Fit, select and build the device model for a checked measurement set."""
+def calibrate(
+    ms: MeasurementSet, config: CalibrationConfig | None = None, fmt: str = "schema", jobs: int = 1
+) -> Calibration:
+    """Fit, select and build the device model for a checked measurement set.
+
+    ``jobs``: worker processes for the candidate step models' fits (1: all in this process;
+    0: :func:`auto_jobs`); the result is the same with any number (:func:`_fit_candidates`).
+    Workers start from a fork server, so a script that passes ``jobs != 1`` needs the usual
+    ``if __name__ == "__main__":`` guard."""
+    if jobs < 0:
+        raise ValueError(f"jobs must be >= 0 (0: auto), got {jobs}")
     with blas_single_thread():
-        return _calibrate(ms, config, fmt)
+        return _calibrate(ms, config, fmt, jobs or auto_jobs(len(ms)))
 
 
-def _calibrate(ms: MeasurementSet, config: CalibrationConfig | None, fmt: str) -> Calibration:
+# below this many reads the candidates' fits take a few seconds, less than starting workers
+PARALLEL_MIN_ROWS = 2000
+
+
+def auto_jobs(rows: int) -> int:
+    """Worker processes for ``jobs=0``: one per CPU core for sets of at least
+    ``PARALLEL_MIN_ROWS`` reads, else 1 (no workers)."""
+    return max(1, os.cpu_count() or 1) if rows >= PARALLEL_MIN_ROWS else 1
+
+
+def _calibrate(ms: MeasurementSet, config: CalibrationConfig | None, fmt: str, jobs: int = 1) -> Calibration:
     cfg = config or CalibrationConfig()
     t0 = time.perf_counter()
     timing: dict[str, float] = {}
@@ -843,15 +948,10 @@ def _calibrate(ms: MeasurementSet, config: CalibrationConfig | None, fmt: str) -
     order = [k for k in ("constant", "softbounds", "linear", "pow", "exp", "table") if k in kinds]
     y_train = seq.y[train]
     data_range = (float(np.percentile(y_train, 0.5)), float(np.percentile(y_train, 99.5)))
+    fitted = _fit_candidates(order, seq, train, held, read_fixed, cfg, jobs)
     for kind in order:
-        t1 = time.perf_counter()
-        fam = _family(kind, seq, train, cfg.table_nodes)
-        base = initial_values(fam, seq, train, read_fixed)
-        init = _chain_init(kind, base, pooled_fits)
-        pooled, per, winfo = _fit_pair(fam, seq, train, init, read_fixed, cfg.max_nfev, cfg.write_noise)
-        pooled, bound_lines = bounds_at_reads(fam, seq, train, pooled)
-        if per is not None:
-            per, bound_lines = bounds_at_reads(fam, seq, train, per)
+        c = fitted[kind]
+        fam, pooled, per, winfo, bound_lines = c.fam, c.pooled, c.per, c.write_info, c.bound_lines
         fams[kind], pooled_fits[kind], per_fits[kind] = fam, pooled, per
         best = per if per is not None else pooled
         table = kind == "table"
@@ -860,7 +960,7 @@ def _calibrate(ms: MeasurementSet, config: CalibrationConfig | None, fmt: str) -
         # parameters fitted in the pooled fit only (held there in the per-device fit) count too
         k_total = best.k + (len(pooled_names - set(best.slot_names)) if per is not None else 0) + k_law
         n_train = best.n_scored
-        nll_h = row_nll(fam, seq, best, held) if held.any() else np.zeros(0)
+        nll_h = c.nll_heldout
         held_nll[kind] = nll_h
         scores[kind] = CandidateScore(
             model=kind,
@@ -882,7 +982,7 @@ def _calibrate(ms: MeasurementSet, config: CalibrationConfig | None, fmt: str) -
         why = undetermined_parameters(fam, cand_table, data_range, free)
         scores[kind].determined = not why
         scores[kind].undetermined = why
-        timing[f"fit_{kind}"] = time.perf_counter() - t1
+        timing[f"fit_{kind}"] = c.seconds
     # ---- selection: candidates the data do not determine are rejected first
     selection_notes: list[str] = []
     usable = [k for k in order if scores[k].determined]

@@ -150,12 +150,15 @@ def calibrate_path(
     replay: bool = True,
     seed: int = 0,
     fit_samples: bool = False,
+    jobs: int = 1,
 ) -> CalibrationRun:
     """Import ``path`` and calibrate it.
 
     A lookup-table import (``crosssim-lut``) with ``model`` ``auto`` or ``table`` returns the
     table model directly, unless ``fit_samples``; with another model, or ``fit_samples``,
-    pulse trains sampled from it are fitted.
+    pulse trains sampled from it are fitted.  ``jobs``: worker processes for the candidate
+    models' fits (:func:`hil.calibration.pipeline.calibrate`: 0 auto, 1 none; the same result
+    with any number).
     """
     t0 = time.perf_counter()
     cfg = config or CalibrationConfig()
@@ -188,7 +191,7 @@ def calibrate_path(
             return CalibrationRun(format=name, model=model, calibration=None, measurements=None,
                                   notes=result.notes, seconds=time.perf_counter() - t0)
         ms = result.sampler()
-    cal = calibrate(ms, cfg, fmt=name)
+    cal = calibrate(ms, cfg, fmt=name, jobs=jobs)
     if replay:
         cal.replay = replay_check(cal, seed=seed)
         prov = dict(cal.model.provenance)

@@ -54,6 +54,9 @@ def _g_range(text: str | None) -> tuple[float, float] | None:
               help="scale the fitted noise terms by one factor where a free-running replay of the fitting rows "
                    "spreads the per-pulse change more (or less) than measured (steps), or keep the likelihood's "
                    "values (none)")
+@click.option("--jobs", default=0, show_default=True, type=click.IntRange(0, None),
+              help="worker processes for the candidate models' fits (0: one per CPU core for files of at least "
+                   "2000 reads, else none; 1: all in this process); the result is the same with any number")
 @click.option("--chunk", default=None, type=click.IntRange(8, None),
               help="cut runs longer than this many reads into chunks for the filter (default: the pipeline's)")
 @click.option("-O", "--import-option", "import_options", multiple=True, help="importer option KEY=VALUE (repeatable)")
@@ -78,6 +81,7 @@ def calibrate(
     d2d_groups: str,
     pulse_response: str,
     noise_match: str,
+    jobs: int,
     chunk: int | None,
     import_options: tuple[str, ...],
     export: Path | None,
@@ -124,7 +128,7 @@ def calibrate(
             **({} if chunk is None else {"chunk": chunk}),
         )
         run = calibrate_path(measurements, fmt, _pairs(import_options), cfg, replay=replay_check, seed=seed,
-                             fit_samples=fit_samples)
+                             fit_samples=fit_samples, jobs=jobs)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     run.model.save(output)
