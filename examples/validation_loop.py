@@ -389,6 +389,8 @@ def main() -> None:
     p.add_argument("--specificity", action="store_true", help="also split real ferroelectric runs")
     p.add_argument("--replication", action="store_true",
                    help="also run the synthetic unit-of-replication study (40 seeds; 10 with --quick)")
+    p.add_argument("--jobs", type=int, default=0,
+                   help="worker processes for the calibration's candidate fits (0: one per core; 1: none)")
     p.add_argument("--json", dest="json_path", default=None, help="write the summary JSON here")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -453,7 +455,7 @@ def closed_loop(hidden: Any, args: argparse.Namespace, out: Path, summary: dict[
     spec = start_emulator("validation-loop-chip", hidden, ROWS, COLS, seed=3)
     cm = hidden.conductance
     cfg = LoopConfig(rows=ROWS, cols=COLS, protocol=protocol, g_range_s=(cm.g_min_s, cm.g_max_s),
-                     control="constant", mvm=True, progress=False)
+                     control="constant", mvm=True, progress=False, jobs=args.jobs)
     res = run_loop(spec, out, cfg)
     control = ValidationReport.load(out / "control_report.json")
     print(format_table(res.validation))

@@ -35,6 +35,9 @@ import click
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="write the loop result (LoopResult JSON) here")
 @click.option("--no-progress", is_flag=True, help="no progress bars")
+@click.option("--jobs", default=0, show_default=True, type=click.IntRange(0, None),
+              help="worker processes for the calibration's candidate fits (0: one per CPU core for files of at "
+                   "least 2000 reads, else none; 1: none); the fitted model is the same with any number")
 def loop(
     spec: str,
     out_dir: Path,
@@ -48,6 +51,7 @@ def loop(
     sim_seed: int,
     json_path: Path | None,
     no_progress: bool,
+    jobs: int,
 ) -> None:
     """Close the loop on a backend and end with the verdict: does the fitted simulator match it?"""
     from hil.validation.loop import LoopConfig, default_loop_protocol, run_loop
@@ -63,7 +67,7 @@ def loop(
             protocol = default_loop_protocol()
         cfg = LoopConfig(
             rows=rows, cols=cols, protocol=protocol, g_range_s=g_range, calibration={"model": model},
-            sim_seed=sim_seed, control=control, mvm=mvm, progress=not no_progress,
+            sim_seed=sim_seed, control=control, mvm=mvm, progress=not no_progress, jobs=jobs,
         )
         result = run_loop(spec, out_dir, cfg, log=click.echo)
     except (UnusableInputError, ValueError) as exc:

@@ -71,6 +71,10 @@ class LoopConfig(HilModel):
     control: Literal["none", "constant"] = "none"
     mvm: bool = False
     progress: bool = True
+    jobs: int = Field(
+        0, ge=0, description="worker processes for the calibration's candidate fits (0: one per CPU core for "
+        "files of at least 2000 reads; 1: none); the fitted model is the same with any number"
+    )
 
 
 class ControlResult(HilModel):
@@ -213,7 +217,7 @@ def run_loop(
         readout = _mapping(cfg.g_range_s, info.w_min, info.w_max)
         g_at = readout.to_conductance(np.array([-1.0, 1.0]))
         cal_fields = {"mapping": {"g_range": (float(g_at[0]), float(g_at[1]))}, **cfg.calibration}
-        cal = calibrate(load_set(chip_csv), CalibrationConfig(**cal_fields))
+        cal = calibrate(load_set(chip_csv), CalibrationConfig(**cal_fields), jobs=cfg.jobs)
         model = cal.model
         model_path = out / "device.json"
         model.save(model_path)
