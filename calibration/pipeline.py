@@ -428,7 +428,8 @@ def _fit_candidates(
     def chain(k: str) -> dict[str, FitResult]:
         return {d: done[d].pooled for d in deps[k]}
 
-    if jobs <= 1 or len(order) < 2:
+    # a daemonic process (a worker of another pool) may not start processes: fit here then
+    if jobs <= 1 or len(order) < 2 or multiprocessing.current_process().daemon:
         for k in order:
             done[k] = _fit_candidate(k, seq, train, held, read_fixed, cfg, chain(k))
         return done

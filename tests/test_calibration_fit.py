@@ -622,3 +622,23 @@ def test_candidate_fits_in_worker_processes_give_the_same_calibration(tmp_path: 
     assert auto_jobs(PARALLEL_MIN_ROWS - 1) == 1 and auto_jobs(PARALLEL_MIN_ROWS) >= 1
     with pytest.raises(ValueError, match="jobs"):
         calibrate(ms, cfg, jobs=-1)
+
+
+def _calibrate_in_a_daemon(args: tuple) -> str:
+    ms, cfg = args
+    return calibrate(ms, cfg, jobs=2).chosen
+
+
+def test_candidate_fits_inside_a_daemonic_worker_run_in_that_worker(tmp_path: Path) -> None:
+    """A worker of a ``multiprocessing.Pool`` (daemonic: it may not start processes) asking for
+    ``jobs=2`` fits the candidates itself instead of failing."""
+    import multiprocessing
+
+    ms, _, _ = simulate("softbounds", 3, tmp_path)
+    ms = ms.subset(np.isin(ms.device, ms.devices[:1]))
+    cfg = CalibrationConfig(candidates=["constant", "softbounds"], mapping=MappingSpec(g_range=G_RANGE),
+                            chunk=ROUNDTRIP_CHUNK)
+    ctx = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn")
+    with ctx.Pool(1) as pool:
+        chosen = pool.apply_async(_calibrate_in_a_daemon, ((ms, cfg),)).get(timeout=300)
+    assert chosen == calibrate(ms, cfg).chosen
