@@ -289,8 +289,8 @@ def law_by_device(cal: Any, min_reads: int = 60) -> dict[str, Any]:
     with and without the law: how much of the pooled fit's c2c is the devices' differences in
     the law; and the held-out replay with every device replayed with its own fit (the best a
     device-to-device spread of the law could do: docs/calibration.md, section 7)."""
+    from hil.calibration.candidates import candidate_family, initial_values
     from hil.calibration.filter import Sequences
-    from hil.calibration.pipeline import _family, initial_values
     from hil.calibration.pulse_law import fit_pulse_law
 
     ms, w = cal.measurements, cal.weights
@@ -305,7 +305,7 @@ def law_by_device(cal: Any, min_reads: int = 60) -> dict[str, Any]:
         score = seq.mask(rows)
         if score.sum() < min_reads:
             continue
-        fam = _family("softbounds", seq, score, cal.config.table_nodes)
+        fam = candidate_family("softbounds", seq, score, cal.config.table_nodes)
         law = fit_pulse_law(sub, seq, score, rows, initial_values(fam, seq, score, None), None)
         if law is None:
             continue

@@ -608,7 +608,7 @@ def test_candidate_fits_in_worker_processes_give_the_same_calibration(tmp_path: 
     """``jobs=2`` fits the candidates in worker processes (each as soon as the fit it starts from
     is done: pow from softbounds, exp from constant) and gives the same models, scores and choice
     as ``jobs=1``; ``jobs=0`` picks workers only for large sets."""
-    from hil.calibration.pipeline import PARALLEL_MIN_ROWS, auto_jobs
+    from hil.calibration.candidates import PARALLEL_MIN_ROWS, auto_jobs
 
     ms, _, _ = simulate("softbounds", 3, tmp_path)
     ms = ms.subset(np.isin(ms.device, ms.devices[:2]))
