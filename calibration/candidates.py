@@ -6,10 +6,12 @@ processes (:func:`fit_candidates`).  :mod:`hil.calibration.pipeline` selects amo
 from __future__ import annotations
 
 import concurrent.futures
+import concurrent.futures.process
 import contextlib
 import multiprocessing
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -213,10 +215,26 @@ def fit_candidates(
         return {d: done[d].pooled for d in deps[k]}
 
     # a daemonic process (a worker of another pool) may not start processes: fit here then
-    if jobs <= 1 or len(order) < 2 or multiprocessing.current_process().daemon:
-        for k in order:
+    if jobs > 1 and len(order) > 1 and not multiprocessing.current_process().daemon:
+        try:
+            _fit_in_workers(order, deps, done, chain, jobs, (seq, train, held, read_fixed, cfg))
+        except (OSError, concurrent.futures.process.BrokenProcessPool) as exc:
+            # the workers could not start or died (no fork server here, killed for memory):
+            # what they left is fitted here; an error of a fit itself is raised as it is
+            warnings.warn(f"calibration: worker processes failed ({type(exc).__name__}: {exc}); fitting the "
+                          f"{len(order) - len(done)} remaining candidate(s) in this process", RuntimeWarning,
+                          stacklevel=2)
+    for k in order:
+        if k not in done:
             done[k] = _fit_candidate(k, seq, train, held, read_fixed, cfg, chain(k))
-        return done
+    return done
+
+
+def _fit_in_workers(
+    order: list[str], deps: dict[str, list[str]], done: dict[str, _CandidateFit],
+    chain: Any, jobs: int, args: tuple[Any, ...],
+) -> None:
+    """:func:`fit_candidates` in worker processes; fills ``done`` as the fits come back."""
     # workers start from a fork server (no fork of this process, which may hold torch's threads);
     # the most expensive candidates go first
     methods = multiprocessing.get_all_start_methods()
@@ -227,11 +245,10 @@ def fit_candidates(
         while waiting or running:
             for k in [k for k in waiting if all(d in done for d in deps[k])]:
                 waiting.remove(k)
-                running[pool.submit(_fit_candidate, k, seq, train, held, read_fixed, cfg, chain(k))] = k
+                running[pool.submit(_fit_candidate, k, *args, chain(k))] = k
             finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
             for f in finished:
                 done[running.pop(f)] = f.result()
-    return done
 
 
 def write_noise_undetermined(fit: FitResult, longest_run: int | None = None) -> list[str]:

@@ -642,3 +642,25 @@ def test_candidate_fits_inside_a_daemonic_worker_run_in_that_worker(tmp_path: Pa
     with ctx.Pool(1) as pool:
         chosen = pool.apply_async(_calibrate_in_a_daemon, ((ms, cfg),)).get(timeout=300)
     assert chosen == calibrate(ms, cfg).chosen
+
+
+def test_candidate_fits_fall_back_to_this_process_when_workers_cannot_start(tmp_path: Path, monkeypatch) -> None:
+    """No worker processes to be had (here: starting the pool fails with an OSError, as where no
+    fork server can run): a warning, and the same calibration fitted in this process."""
+    import concurrent.futures
+
+    ms, _, _ = simulate("softbounds", 3, tmp_path)
+    ms = ms.subset(np.isin(ms.device, ms.devices[:1]))
+    cfg = CalibrationConfig(candidates=["constant", "softbounds"], mapping=MappingSpec(g_range=G_RANGE),
+                            chunk=ROUNDTRIP_CHUNK)
+    want = calibrate(ms, cfg)
+
+    class NoWorkers:
+        def __init__(self, *a: object, **k: object) -> None:
+            raise OSError("no fork server here")
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", NoWorkers)
+    with pytest.warns(RuntimeWarning, match="worker processes failed .*OSError.* 2 remaining"):
+        got = calibrate(ms, cfg, jobs=2)
+    assert got.chosen == want.chosen
+    assert got.model.model_dump(exclude={"provenance"}) == want.model.model_dump(exclude={"provenance"})
