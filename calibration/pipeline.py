@@ -42,9 +42,7 @@ import numpy as np
 from pydantic import Field
 
 import hil
-from hil.calibration.bounds import (
-    bounds_at_reads,
-)
+from hil.calibration.bounds import bounds_at_reads
 from hil.calibration.candidates import (
     BOX_EDGE,
     auto_jobs,
@@ -56,10 +54,7 @@ from hil.calibration.candidates import (
     write_noise_undetermined,
 )
 from hil.calibration.filter import CHUNK, Sequences
-from hil.calibration.fit import (
-    NOISE_NAMES,
-    FitResult,
-)
+from hil.calibration.fit import NOISE_NAMES, FitResult
 from hil.calibration.mapping import Mapping, MappingSpec, choose_mapping
 from hil.calibration.measurements import MeasurementSet
 from hil.calibration.noise_match import NoiseMatch, match_step_spread, scale_noise
