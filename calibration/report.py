@@ -366,6 +366,85 @@ def write_figure(cal: Calibration, path: str | os.PathLike[str]) -> Path:
     return path
 
 
+def write_law_figure(cal: Calibration, path: str | os.PathLike[str]) -> Path | None:
+    """``pulse_law.png`` where the calibration kept a pulse law: per direction, the fitted law's
+    step scale ``f(|V|, t) / f(nominal)`` against ``|V|`` for every pulse width of the file
+    (lines), and the measured one (points): in each width and amplitude bin, the sum of the
+    measured steps over the sum of the nominal device's step for a nominal pulse at each pulse's
+    filtered state before it (the model's mean step is the law's scale times that step).  None
+    (nothing written) without a law."""
+    from hil.calibration.pulse_law import pulse_shapes
+
+    law = cal.pulse_law
+    shapes = pulse_shapes(cal.measurements)
+    if law is None or not law.used or shapes is None:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    amp_rows, width_rows = shapes
+    seq = cal.seq
+    fit = cal.per_device if cal.per_device is not None else cal.pooled
+    pr, c2c, rv = fit.param_arrays(seq)
+    out = run_filter(seq, cal.family, pr, c2c, rv, keep_state=True, **fit.write_arrays(seq))
+    assert out.state is not None
+    prev = np.concatenate([out.state[0][:, :1], out.state[0][:, :-1]], axis=1)
+    step = seq.y - np.concatenate([seq.y[:, :1], seq.y[:, :-1]], axis=1)
+    first = np.zeros(seq.shape, dtype=bool)
+    first[:, 0] = True
+    ok = seq.valid & (seq.row >= 0) & (seq.pol != 0) & ~first & ~seq.reset
+    nominal = cal.family.prepare({k: np.asarray(v).reshape(1, 1) for k, v in _nominal_params(cal).items()})
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    fig.suptitle(f"pulse law of {Path(cal.measurements.source).name}: step scale against |amplitude|", fontsize=11)
+    widths = np.unique(width_rows[cal.measurements.polarity != 0])
+    colors = plt.cm.viridis(np.linspace(0.0, 0.9, len(widths)))
+    r = law.response
+    for ax, pol, name in ((axes[0], 1, "up"), (axes[1], -1, "down")):
+        sel = ok & (seq.pol == pol)
+        rows = seq.row[sel]
+        amp, wid, xs, ys = amp_rows[rows], width_rows[rows], prev[sel], step[sel]
+        s0 = np.abs(cal.family.mean_step(xs.reshape(1, -1), pol > 0, nominal)[0])
+        v_grid = np.linspace(max(float(amp.min()) if len(amp) else 0.1, 0.05), float(amp.max()) if len(amp) else 5.0, 200)
+        measured: list[float] = []
+        top = 0.0
+        for w, color in zip(widths, colors, strict=True):
+            curve = r.scale_np(v_grid, w, pol > 0)
+            top = max(top, float(curve.max()))
+            ax.plot(v_grid, curve, "-", color=color, lw=1.2)
+            mine = wid == w
+            if mine.sum() < 3:
+                continue
+            edges = np.unique(np.quantile(amp[mine], np.linspace(0, 1, min(8, int(mine.sum() // 3)) + 1)))
+            which = np.clip(np.digitize(amp[mine], edges[1:-1]), 0, len(edges) - 2)
+            num = np.bincount(which, weights=pol * ys[mine], minlength=len(edges) - 1)
+            den = np.bincount(which, weights=s0[mine], minlength=len(edges) - 1)
+            centers = np.bincount(which, weights=amp[mine], minlength=len(edges) - 1) / np.maximum(
+                np.bincount(which, minlength=len(edges) - 1), 1)
+            good = (den > 0) & (num > 0)
+            measured += (num[good] / den[good]).tolist()
+            ax.plot(centers[good], num[good] / den[good], "o", ms=4, color=color, label=f"{w:.2g} s")
+        nom = r.nominal_up if pol > 0 else r.nominal_down
+        law_d = r.law_of(pol > 0)
+        ax.set_yscale("log")
+        # the law falls to nothing below a threshold (alpha > 1): show the range the data have
+        lo = min(measured) / 10 if measured else 1e-3
+        ax.set_ylim(lo, max(top, max(measured, default=top)) * 3)
+        ax.set_xlabel("|amplitude| (V)")
+        ax.set_ylabel("step / nominal step at the same state")
+        ax.set_title(f"{name}: V_a {law_d.activation_v:.3g} V, n {law_d.exponent:.3g}, alpha {law_d.field_exponent:.3g}; "
+                     f"nominal {nom.amplitude_v:.3g} V x {nom.width_s:.2g} s", fontsize=9)
+        ax.legend(fontsize=6, title="width (points: measured, lines: law)", title_fontsize=7, loc="lower right",
+                  ncol=2)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _nominal_params(cal: Calibration) -> dict[str, float]:
     return {k: float(v["value"]) for k, v in cal.parameters.items() if k not in NOISE_NAMES}
 
@@ -398,7 +477,8 @@ def build_report(cal: Calibration, reference: dict[str, Any] | None = None) -> F
 
 
 def write_report(cal: Calibration, directory: str | os.PathLike[str], reference: dict[str, Any] | None = None) -> dict[str, Path]:
-    """Write ``report.txt``, ``report.png`` and ``report.json`` into ``directory``."""
+    """Write ``report.txt``, ``report.png`` and ``report.json`` into ``directory`` (and
+    ``pulse_law.png`` where the calibration kept a pulse law: :func:`write_law_figure`)."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     text = text_summary(cal, reference)
@@ -407,4 +487,7 @@ def write_report(cal: Calibration, directory: str | os.PathLike[str], reference:
         "figure": write_figure(cal, d / "report.png"),
         "json": build_report(cal, reference).save(d / "report.json"),
     }
+    law_png = write_law_figure(cal, d / "pulse_law.png")
+    if law_png is not None:
+        paths["law_figure"] = law_png
     return paths

@@ -250,7 +250,7 @@ def test_calibration_fits_the_law_back_from_amplitude_sweeps() -> None:
     assert calibrate(same, CalibrationConfig(model="softbounds")).pulse_law is None
 
 
-def test_calibration_fits_a_steep_field_exponent_back() -> None:
+def test_calibration_fits_a_steep_field_exponent_back(tmp_path) -> None:
     """A device whose up pulses switch with a threshold-like amplitude law (field exponent
     alpha 3: tau = t0 exp((V_a / V)^3)): the BIC keeps the free exponent, which comes back
     within 15 %, and the relative strength of the swept pulses within 20 %."""
@@ -258,7 +258,8 @@ def test_calibration_fits_a_steep_field_exponent_back() -> None:
     truth = _model(0.3, law=steep).model_copy(update={"read_noise": 0.01})
     sim = SimulatedCrossbar(1, 6, device=truth, seed=3, periphery=PeripheryConfig.ideal().model_copy(update={"w_noise": 0.01}))
     ms = replay_to_set(sim, _sweep_set(6, [1e-7, 1e-6, 1e-5, 1e-4], 30), MAPPING)
-    law = calibrate(ms, CalibrationConfig(model="softbounds")).pulse_law
+    cal = calibrate(ms, CalibrationConfig(model="softbounds"))
+    law = cal.pulse_law
     assert law is not None and law.used and law.field_exponent_used and law.field_exponent_bic_change < -50
     up = law.response.up
     assert abs(up.field_exponent / 3.0 - 1.0) < 0.15 and abs(up.activation_v / 2.0 - 1.0) < 0.10
@@ -276,6 +277,14 @@ def test_calibration_fits_a_steep_field_exponent_back() -> None:
     assert merz is not None and merz.used and not merz.field_exponent_used and np.isnan(merz.nll_free)
     assert merz.response.up.field_exponent == 1.0 and merz.k_law == 6 and law.k_law == 8
     assert merz.nll_law > law.nll_law + 50
+    # the report draws the law (pulse_law.png) where one is kept, and only there
+    from hil.calibration.report import write_report
+
+    paths = write_report(cal, tmp_path / "rep")
+    assert paths["law_figure"].stat().st_size > 10_000
+    plain = calibrate(ms, CalibrationConfig(model="softbounds", pulse_response="none"))
+    assert "law_figure" not in write_report(plain, tmp_path / "rep-none")
+    assert not (tmp_path / "rep-none" / "pulse_law.png").exists()
 
 
 def test_d2d_and_c2c_scale_with_the_pulse() -> None:
