@@ -246,6 +246,31 @@ def model_trajectory(cal: Calibration, device: int) -> np.ndarray:
     return out
 
 
+def _filtered_steps(cal: Calibration) -> tuple[Any, np.ndarray, np.ndarray]:
+    """The fit's filter over every sequence (``keep_state``), the filtered state before each
+    read and the measured change to it (both ``[S, T]``, normalized weight)."""
+    fit = cal.per_device if cal.per_device is not None else cal.pooled
+    seq = cal.seq
+    pr, c2c, rv = fit.param_arrays(seq)
+    out = run_filter(seq, cal.family, pr, c2c, rv, keep_state=True, **fit.write_arrays(seq))
+    assert out.state is not None
+    state = out.state[0]
+    prev = np.concatenate([state[:, :1], state[:, :-1]], axis=1)
+    step = seq.y - np.concatenate([seq.y[:, :1], seq.y[:, :-1]], axis=1)
+    return out, prev, step
+
+
+def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def write_figure(cal: Calibration, path: str | os.PathLike[str]) -> Path:
     import matplotlib
 
@@ -277,14 +302,8 @@ def write_figure(cal: Calibration, path: str | os.PathLike[str]) -> Path:
 
     # 2. step vs state
     ax = axes[0, 1]
-    fit = cal.per_device if cal.per_device is not None else cal.pooled
     seq = cal.seq
-    pr, c2c, rv = fit.param_arrays(seq)
-    out = run_filter(seq, cal.family, pr, c2c, rv, keep_state=True, **fit.write_arrays(seq))
-    assert out.state is not None
-    state = out.state[0]
-    prev = np.concatenate([state[:, :1], state[:, :-1]], axis=1)
-    step = seq.y - np.concatenate([seq.y[:, :1], seq.y[:, :-1]], axis=1)
+    out, prev, step = _filtered_steps(cal)
     score = seq.mask(np.ones(len(ms), dtype=bool))
     grid = np.linspace(np.percentile(seq.y[seq.valid], 0.5), np.percentile(seq.y[seq.valid], 99.5), 200)
     nominal = {k: np.asarray(v).reshape(1, 1) for k, v in _nominal_params(cal).items()}
@@ -358,12 +377,7 @@ def write_figure(cal: Calibration, path: str | os.PathLike[str]) -> Path:
     else:
         ax.text(0.5, 0.5, "no held-out replay", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def write_law_figure(cal: Calibration, path: str | os.PathLike[str]) -> Path | None:
@@ -386,12 +400,7 @@ def write_law_figure(cal: Calibration, path: str | os.PathLike[str]) -> Path | N
 
     amp_rows, width_rows = shapes
     seq = cal.seq
-    fit = cal.per_device if cal.per_device is not None else cal.pooled
-    pr, c2c, rv = fit.param_arrays(seq)
-    out = run_filter(seq, cal.family, pr, c2c, rv, keep_state=True, **fit.write_arrays(seq))
-    assert out.state is not None
-    prev = np.concatenate([out.state[0][:, :1], out.state[0][:, :-1]], axis=1)
-    step = seq.y - np.concatenate([seq.y[:, :1], seq.y[:, :-1]], axis=1)
+    _, prev, step = _filtered_steps(cal)
     first = np.zeros(seq.shape, dtype=bool)
     first[:, 0] = True
     ok = seq.valid & (seq.row >= 0) & (seq.pol != 0) & ~first & ~seq.reset
@@ -437,12 +446,7 @@ def write_law_figure(cal: Calibration, path: str | os.PathLike[str]) -> Path | N
                      f"nominal {nom.amplitude_v:.3g} V x {nom.width_s:.2g} s", fontsize=9)
         ax.legend(fontsize=6, title="width (points: measured, lines: law)", title_fontsize=7, loc="lower right",
                   ncol=2)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _nominal_params(cal: Calibration) -> dict[str, float]:
