@@ -271,7 +271,8 @@ def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
     return out
 
 
-def write_figure(cal: Calibration, path: str | os.PathLike[str]) -> Path:
+def write_figure(cal: Calibration, path: str | os.PathLike[str], steps: Any = None) -> Path:
+    """``report.png``; ``steps``: :func:`_filtered_steps` of ``cal`` if already computed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -303,7 +304,7 @@ def write_figure(cal: Calibration, path: str | os.PathLike[str]) -> Path:
     # 2. step vs state
     ax = axes[0, 1]
     seq = cal.seq
-    out, prev, step = _filtered_steps(cal)
+    out, prev, step = steps if steps is not None else _filtered_steps(cal)
     score = seq.mask(np.ones(len(ms), dtype=bool))
     grid = np.linspace(np.percentile(seq.y[seq.valid], 0.5), np.percentile(seq.y[seq.valid], 99.5), 200)
     nominal = {k: np.asarray(v).reshape(1, 1) for k, v in _nominal_params(cal).items()}
@@ -380,7 +381,7 @@ def write_figure(cal: Calibration, path: str | os.PathLike[str]) -> Path:
     return _save(fig, path)
 
 
-def write_law_figure(cal: Calibration, path: str | os.PathLike[str]) -> Path | None:
+def write_law_figure(cal: Calibration, path: str | os.PathLike[str], steps: Any = None) -> Path | None:
     """``pulse_law.png`` where the calibration kept a pulse law: per direction, the fitted law's
     step scale ``f(|V|, t) / f(nominal)`` against ``|V|`` for every pulse width of the file
     (lines), and the measured one (points): in each width and amplitude bin, the sum of the
@@ -400,7 +401,7 @@ def write_law_figure(cal: Calibration, path: str | os.PathLike[str]) -> Path | N
 
     amp_rows, width_rows = shapes
     seq = cal.seq
-    _, prev, step = _filtered_steps(cal)
+    _, prev, step = steps if steps is not None else _filtered_steps(cal)
     first = np.zeros(seq.shape, dtype=bool)
     first[:, 0] = True
     ok = seq.valid & (seq.row >= 0) & (seq.pol != 0) & ~first & ~seq.reset
@@ -486,12 +487,13 @@ def write_report(cal: Calibration, directory: str | os.PathLike[str], reference:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     text = text_summary(cal, reference)
+    steps = _filtered_steps(cal)  # one filter run for both figures
     paths = {
         "text": atomic_write_text(d / "report.txt", text),
-        "figure": write_figure(cal, d / "report.png"),
+        "figure": write_figure(cal, d / "report.png", steps),
         "json": build_report(cal, reference).save(d / "report.json"),
     }
-    law_png = write_law_figure(cal, d / "pulse_law.png")
+    law_png = write_law_figure(cal, d / "pulse_law.png", steps)
     if law_png is not None:
         paths["law_figure"] = law_png
     return paths
