@@ -13,7 +13,7 @@ a validation split (docs/training.md).  The study itself is hil.training.robustn
     python examples/ttv2_robustness.py --quick --json quick.json    # < 5 min on 2 cores
     python examples/ttv2_robustness.py --json full.json             # the full grid (slow)
     python examples/ttv2_robustness.py --networks cnn --base-only   # the CNN at the base point
-    python examples/ttv2_robustness.py --quick --preset noise       # TTv2 / c-TTv2 noise preset
+    python examples/ttv2_robustness.py --quick --preset noise       # TTv2 noise preset
 
 JSON: {"fp_sgd": <accuracy>, "results": [{"algorithm": "analog_sgd"|"tt"|"ttv2"|"cttv2",
 "states", "c2c", "read_noise", "accuracy_mean", "accuracy_std"}, ...]} for the MLP; the CNN

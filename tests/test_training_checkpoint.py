@@ -32,12 +32,12 @@ def data() -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-def build(algorithm: str, factory: Any = None) -> tuple[nn.Module, TrainingController]:
+def build(algorithm: str, factory: Any = None, h_reset: str = "decrement") -> tuple[nn.Module, TrainingController]:
     torch.manual_seed(0)
     model = nn.Sequential(AnalogLinear(8, 6), nn.Sigmoid(), AnalogLinear(6, 3))
     cfg = TrainingConfig(
         algorithm=algorithm, epochs=3, batch_size=7, lambda_A=1.0, lambda_H=0.2, n_s=2,
-        in_chop_prob=0.3, schedule="cosine", seed=4,
+        in_chop_prob=0.3, schedule="cosine", seed=4, h_reset=h_reset,
     )
     # the noisy preset: c2c and d2d noise, default periphery with read noise, so every
     # random generator (arrays, controller) matters for bit-identity
@@ -51,7 +51,7 @@ def snapshot(model: nn.Module, ctl: TrainingController) -> dict[str, torch.Tenso
         out[f"{name}.{role}.w"] = backend.true_weights()
         out[f"{name}.{role}.gen"] = backend.generator.get_state()
     for st in ctl.layers:
-        for key in ("H", "R", "chop"):
+        for key in ("H", "R", "chop", "C_read"):
             value = getattr(st, key)
             if value is not None:
                 out[f"{st.name}.{key}"] = value.clone()
@@ -59,16 +59,20 @@ def snapshot(model: nn.Module, ctl: TrainingController) -> dict[str, torch.Tenso
     return out
 
 
-@pytest.mark.parametrize("algorithm, how", [("cttv2", "sigterm"), ("analog_sgd", "stop"), ("tt", "stop")])
-def test_interrupted_and_resumed_run_is_bit_identical(tmp_path: Path, algorithm: str, how: str) -> None:
+@pytest.mark.parametrize(
+    "algorithm, how, h_reset",
+    [("cttv2", "sigterm", "decrement"), ("cttv2", "stop", "measured"), ("analog_sgd", "stop", "decrement"),
+     ("tt", "stop", "decrement")],
+)
+def test_interrupted_and_resumed_run_is_bit_identical(tmp_path: Path, algorithm: str, how: str, h_reset: str) -> None:
     x, y = data()
-    model, ctl = build(algorithm)
+    model, ctl = build(algorithm, h_reset=h_reset)
     ref = fit(model, ctl, x, y, x_test=x, y_test=y)
     expected = snapshot(model, ctl)
     expected_cost = ctl.hardware_cost()
 
     ckpt = tmp_path / "run.ckpt"
-    model, ctl = build(algorithm)
+    model, ctl = build(algorithm, h_reset=h_reset)
     if how == "sigterm":
         ctl.add_callback("step", lambda c: os.kill(os.getpid(), signal.SIGTERM) if c.steps == 13 else None)
         with pytest.raises(TrainingInterrupted) as info:
@@ -81,7 +85,7 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path: Path, algorithm:
     assert (loop["epoch"], loop["batch"], loop["history"]) == (1, 4, ref.history[:1])
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
 
-    model, ctl = build(algorithm)  # a fresh process would build the same objects
+    model, ctl = build(algorithm, h_reset=h_reset)  # a fresh process would build the same objects
     res = fit(model, ctl, x, y, x_test=x, y_test=y, checkpoint=ckpt, resume=True)
     assert res.resumed_from_step == 13
     got = snapshot(model, ctl)

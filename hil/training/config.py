@@ -86,11 +86,14 @@ class TrainingConfig(HilModel):
         "weight]; converted to a pulse cap max(1, floor(max_step / dw_min(C))) (the smaller of "
         "it and max_pulses applies); None: only max_pulses",
     )
-    h_reset: Literal["zero", "decrement", "clip"] = Field(
+    h_reset: Literal["zero", "decrement", "clip", "measured"] = Field(
         "decrement",
         description="ttv2/cttv2: after firing n pulses, H is set to 0 (zero), reduced by "
-        "n * threshold (decrement), or reduced and then clipped to +-threshold (clip: what a "
-        "pulse cap kept from firing is dropped, so H cannot wind up)",
+        "n * threshold (decrement), reduced and then clipped to +-threshold (clip: what a "
+        "pulse cap kept from firing is dropped, so H cannot wind up), or reduced by the change "
+        "of C read back after the pulses (measured: one extra column read of C per transfer "
+        "that fired; each pulsed device's H drops by what it moved since its last read, so "
+        "C's cycle-to-cycle noise is corrected by later pulses instead of adding up)",
     )
     gamma: float = Field(
         0.0,

@@ -30,8 +30,11 @@ Per layer and algorithm (``x``: inputs ``[n, cols]``, ``d``: output errors ``[n,
   where ``|H| >= threshold * dw_min(C)``, ``n = trunc(H / (threshold dw_min))``
   clipped to the pulse cap (``max_pulses``, and ``floor(max_step / dw_min(C))``)
   fires as signed pulses on C (``C.pulse``) and H is set to 0 (``h_reset="zero"``),
-  reduced by ``n * threshold * dw_min`` (``"decrement"``), or reduced and clipped to
-  ``+-threshold * dw_min`` (``"clip"``).  A is never reset.  The network uses
+  reduced by ``n * threshold * dw_min`` (``"decrement"``), reduced and clipped to
+  ``+-threshold * dw_min`` (``"clip"``), or reduced by the change of C read back after
+  the pulses (``"measured"``: the pulsed columns of C are read with one-hot inputs, and
+  each pulsed device's H drops by what its conductance moved since its last read, so a
+  pulse that over- or undershoots is corrected by the next ones).  A is never reset.  The network uses
   ``gamma * A + C`` (``gamma = 0``: only C).
 - ``cttv2``: ``ttv2`` with a sign ``c_j = +-1`` per input line: A is updated
   with ``x * c`` and the read of column ``k`` enters H as ``c_k * z``; after
@@ -74,7 +77,7 @@ ArrayFactory = Callable[[int, int, str], CrossbarBackend]
 
 COST_FIELDS = tuple(OperationCounts().as_dict())
 STATE_FORMAT = "hil.training.TrainingController"
-STATE_VERSION = "1.0"
+STATE_VERSION = "1.1"
 
 
 def schedule_factor(config: TrainingConfig, progress: float) -> float:
@@ -96,7 +99,8 @@ class LayerState:
     ``[rows, cols]`` is the TTv2 filter (normalized weight units), ``R``
     ``[rows, cols]`` the reference of A (its symmetry point, from reads), ``chop``
     ``[cols]`` the chopper signs (+-1), ``column`` the next column to read,
-    ``pending_samples`` the samples since the last transfer.  From the arrays'
+    ``pending_samples`` the samples since the last transfer, ``C_read`` ``[rows, cols]``
+    the last read of C per device (``h_reset="measured"`` only).  From the arrays'
     ``info`` (fixed at construction): ``dw_C`` C's nominal step, ``rate_A`` the rate of
     ``A.update`` (normalized weight per unit gradient), ``max_n`` the pulse cap per
     device and transfer (None: none), ``chop_prob`` the chopper's flip probability per read.
@@ -115,6 +119,7 @@ class LayerState:
     rate_A: float = 0.0
     max_n: int | None = None
     chop_prob: float = 0.0
+    C_read: torch.Tensor | None = None
     eye: torch.Tensor | None = field(default=None, repr=False)
 
     @property
@@ -239,6 +244,8 @@ class TrainingController:
                 u = torch.rand(w.shape, generator=self.generator) * 2.0 - 1.0
                 counts = torch.round(u * s / dw).to(torch.int64)
                 self._pulse(w, counts.to(w.device))
+            if cfg.uses_transfer and cfg.h_reset == "measured":
+                st.C_read = self._read_columns(w, list(range(st.module.cols)))
         after = self._snapshot()
         self._prep_cost = self._add(self._prep_cost, self._diff(after, before))
         self._cost_base = after
@@ -344,6 +351,7 @@ class TrainingController:
                     "H": None if st.H is None else st.H.cpu().clone(),
                     "R": None if st.R is None else st.R.cpu().clone(),
                     "chop": None if st.chop is None else st.chop.cpu().clone(),
+                    "C_read": None if st.C_read is None else st.C_read.cpu().clone(),
                     "column": st.column,
                     "pending_samples": st.pending_samples,
                     "transfers": st.transfers,
@@ -405,6 +413,8 @@ class TrainingController:
             st.H = None if ls["H"] is None else ls["H"].to(dev)
             st.R = None if ls["R"] is None else ls["R"].to(dev)
             st.chop = None if ls["chop"] is None else ls["chop"].to(dev)
+            c_read = ls.get("C_read")  # absent before schema 1.1
+            st.C_read = None if c_read is None else c_read.to(dev)
             st.column = int(ls["column"])
             st.pending_samples = int(ls["pending_samples"])
             st.transfers = int(ls["transfers"])
@@ -503,6 +513,28 @@ class TrainingController:
             acc += backend.read()
         return acc / (2 * reads)
 
+    def _read_columns(self, backend: CrossbarBackend, ks: list[int]) -> torch.Tensor:
+        """Columns ``ks`` of ``backend`` read with one-hot inputs, ``n_reads`` averaged: ``[rows, len(ks)]``."""
+        n = self.config.n_reads
+        if n > 1:
+            return backend.forward_columns(ks * n).view(n, len(ks), -1).mean(0).T
+        return backend.forward_columns(ks).T
+
+    def _measure_fired(self, st: LayerState, ks: list[int], fired: torch.Tensor) -> None:
+        """``h_reset="measured"``: read back the columns of C that got pulses and reduce H, on
+        each pulsed device, by the change of C since that device's last read.  The last read
+        is kept (``C_read``), so read errors telescope instead of adding up."""
+        assert st.C_read is not None and st.H is not None
+        hit = fired != 0  # [rows, m]
+        pulsed = hit.any(0)
+        idx = [k for k, f in zip(ks, pulsed.tolist(), strict=True) if f]
+        at = torch.tensor(idx, device=st.H.device)
+        mask = hit[:, pulsed]  # [rows, len(idx)]
+        new = self._read_columns(st.arrays["C"], idx)
+        old = st.C_read[:, at]
+        st.H[:, at] -= torch.where(mask, new - old, 0.0)
+        st.C_read[:, at] = torch.where(mask, new, old)
+
     def _transfer_columns(self, st: LayerState, m: int) -> None:
         """Transfer the next ``m`` columns (cyclic), in groups without repeated columns."""
         cols = st.module.cols
@@ -532,11 +564,7 @@ class TrainingController:
             chop = st.chop.index_select(0, sel)
         # [m, rows]: column reads with one-hot inputs e_k (forward_columns: the same as
         # forward(e) on every backend, without building the one-hot inputs where it can)
-        if cfg.n_reads > 1:
-            z = a.forward_columns(ks * cfg.n_reads).view(cfg.n_reads, m, -1).mean(0)
-        else:
-            z = a.forward_columns(ks)
-        z = z.T - r_cols  # [rows, m] = (A - R) e_k
+        z = self._read_columns(a, ks) - r_cols  # [rows, m] = (A - R) e_k
         counts = None
         if cfg.algorithm == "tt":
             e = st.eye[sel] if isinstance(sel, slice) else st.eye.index_select(0, sel)
@@ -551,6 +579,8 @@ class TrainingController:
                 n.clamp_(-st.max_n, st.max_n)
             if cfg.h_reset == "zero":
                 h = torch.where(n != 0, torch.zeros_like(h), h)
+            elif cfg.h_reset == "measured":
+                pass  # reduced below by the change of C read back after the pulses
             else:
                 h = h - n * thr
                 if cfg.h_reset == "clip":
@@ -566,6 +596,8 @@ class TrainingController:
                     c.pulse_columns(ks, fired)  # the same as c.pulse(counts), one call
                 else:
                     self._pulse(c, counts)
+                if cfg.h_reset == "measured":
+                    self._measure_fired(st, ks, fired)
         if cfg.chopped and st.chop_prob > 0:
             flip = torch.rand(m, generator=self.generator) < st.chop_prob
             if bool(flip.any()):
