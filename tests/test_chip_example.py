@@ -20,14 +20,16 @@ def _load():
     return mod
 
 
-def test_faulty_emulated_training_loses_and_duplicates_nothing() -> None:
+@pytest.mark.parametrize("h_reset", ["decrement", "measured"])
+def test_faulty_emulated_training_loses_and_duplicates_nothing(h_reset: str) -> None:
+    """Also with ``h_reset="measured"``, whose read-backs of C are more frames on the link."""
     from hil.datasets import Split, load_digits_split
 
     ex = _load()
     full = load_digits_split()
     small = Split(full.x_train[:200], full.y_train[:200], full.x_test[:100], full.y_test[:100])
     faults = ex.FAULTY.model_copy(update={"corrupt_request_rate": 0.03, "drop_reply_rate": 0.03})
-    r = ex.run_emulated(0, 2, small, faults, zero_shift_cycles=3, zero_shift_reads=2)
+    r = ex.run_emulated(0, 2, small, faults, zero_shift_cycles=3, zero_shift_reads=2, h_reset=h_reset)
     assert r["audit"]["duplicate_pulses"] == 0 and r["audit"]["lost_pulses"] == 0, r["audit"]
     assert r["audit"]["writes_executed"] == r["audit"]["writes_acknowledged"] > 50
     assert sum(r["faults_injected"].values()) > 10 and r["retries"] > 5
