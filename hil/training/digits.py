@@ -70,12 +70,14 @@ RECOMMENDED: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 # Named alternatives to RECOMMENDED, applied on top of it (algorithms without an entry keep
-# the recommended settings).  "noise": TTv2 tuned on the validation split at c2c 3 instead
-# of 1 (a slower transfer averages more of A's noise; docs/training.md).  c-TTv2, which
-# reads C back, has no entry: the slower transfer costs it there too.
+# the recommended settings).  "noise": tuned on the validation split at c2c 3 instead of 1.
+# TTv2: a slower transfer averages more of A's noise.  c-TTv2, which reads C back: a wider
+# dead band (threshold), so that the read-back does not chase the misses of its own
+# correction pulses (docs/training.md, "Reading C back").
 PRESETS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
     "noise": {
-        "mlp": {"ttv2": {"lambda_H": 0.05}},
+        "mlp": {"ttv2": {"lambda_H": 0.05}, "cttv2": {"threshold": 2.0}},
+        "cnn": {"cttv2": {"threshold": 3.0}},
     },
 }
 
