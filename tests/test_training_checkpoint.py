@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hil.backend import BackendInfo, CrossbarBackend
@@ -95,6 +96,28 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path: Path, algorithm:
     assert res.history == ref.history
     assert res.test_accuracy == ref.test_accuracy
     assert ctl.hardware_cost()["total"] == expected_cost["total"]
+
+
+def test_resume_with_measured_reset_from_a_decrement_checkpoint_reads_c() -> None:
+    """A checkpoint made with h_reset="decrement" has no last read of C; a controller that
+    resumes it with "measured" takes one read of C and trains on."""
+    x, y = data()
+    model, ctl = build("cttv2")
+    with pytest.raises(TrainingInterrupted):
+        fit(model, ctl, x, y, stop_after_steps=4)
+    state = ctl.state_dict()
+    assert all(ls["C_read"] is None for ls in state["layers"])
+    model2, ctl2 = build("cttv2", h_reset="measured")
+    ctl2.load_state_dict(state)
+    for st in ctl2.layers:
+        c = st.arrays["C"]
+        assert st.C_read is not None and st.C_read.shape == (c.rows, c.cols)
+        # one read of each column with one-hot inputs: C's weights within the read noise
+        assert float((st.C_read - c.true_weights()).abs().max()) < 0.2
+    ctl2.zero_grad()
+    F.cross_entropy(model2(x[:7]), y[:7]).backward()
+    ctl2.step()
+    assert ctl2.steps == 5
 
 
 class HardwareLike(CrossbarBackend):

@@ -437,6 +437,10 @@ class TrainingController:
                         "mean": float(diff.mean()),
                     }
                 )
+        if self.prepared and self.config.uses_transfer and self.config.h_reset == "measured":
+            for st in self.layers:
+                if st.C_read is None:  # saved with another h_reset: start from a read of C now
+                    st.C_read = self._read_columns(st.arrays["C"], list(range(st.module.cols)))
         self._cost_base = self._snapshot()
         self._cost_carry = state["cost"]
         self._prep_cost = state["preparation_cost"]
