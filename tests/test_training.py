@@ -521,6 +521,46 @@ def test_robustness_report_format_base_point(monkeypatch: pytest.MonkeyPatch) ->
     assert len(rep["meta"]["runs"]) == 1 + len(ALGORITHMS)
 
 
+def test_c2c_fall_off_is_the_first_c2c_more_than_5_points_down() -> None:
+    from hil.training.robustness import BASE, c2c_fall_off
+
+    def row(alg: str, c2c: float, acc: float, **other: float) -> dict:
+        return {**BASE, **other, "algorithm": alg, "c2c": c2c, "accuracy_mean": acc, "accuracy_std": 0.0}
+
+    block = {"results": [
+        row("analog_sgd", 1.0, 0.69), row("analog_sgd", 0.1, 0.83), row("analog_sgd", 3.0, 0.30),
+        row("cttv2", 1.0, 0.972), row("cttv2", 0.1, 0.966), row("cttv2", 3.0, 0.917), row("cttv2", 10.0, 0.81),
+        row("ttv2", 0.1, 0.97), row("ttv2", 3.0, 0.921), row("ttv2", 10.0, 0.95),
+        row("tt", 1.0, 0.9), row("tt", 1.0, 0.1, states=10),  # another axis: not a c2c row
+    ]}
+    assert c2c_fall_off(block, "analog_sgd") == 1.0  # 14 points down at c2c 1
+    assert c2c_fall_off(block, "cttv2") == 10.0  # 4.9 points down at 3 is not yet
+    assert c2c_fall_off(block, "ttv2") is None  # never more than 5 points down
+    assert c2c_fall_off(block, "tt") is None  # one c2c row only
+    assert c2c_fall_off(block, "cttv2", drop=0.04) == 3.0
+
+
+@pytest.mark.slow
+def test_robustness_quick_subset_meets_the_claims() -> None:
+    """examples/ttv2_robustness.py --quick (about 1 min on 2 cores): on the digits MLP, c-TTv2
+    within 2 points of floating point at the base point, analog SGD 20 points below it, and
+    along c2c c-TTv2 falls off at 10x the noise where analog SGD falls off (docs/training.md,
+    "The targets, checked": 0.972 / 0.972 / 0.693; analog SGD at 1, c-TTv2 at 10)."""
+    from hil.training.robustness import BASE, run_robustness
+
+    threads = torch.get_num_threads()
+    try:
+        rep = run_robustness(quick=True, jobs=2, log=None)
+    finally:
+        torch.set_num_threads(threads)
+    base = {r["algorithm"]: r["accuracy_mean"] for r in rep["results"] if all(r[k] == v for k, v in BASE.items())}
+    assert base["cttv2"] >= rep["fp_sgd"] - 0.02, (base, rep["fp_sgd"])
+    assert base["analog_sgd"] <= base["cttv2"] - 0.2, base
+    falls = rep["meta"]["c2c_fall_off"]["mlp"]
+    assert falls["analog_sgd"] is not None
+    assert falls["cttv2"] is None or falls["cttv2"] >= 10 * falls["analog_sgd"], falls
+
+
 def test_train_digits_role_device_gives_one_array_other_device(monkeypatch: pytest.MonkeyPatch) -> None:
     """The per-role diagnostic of docs/training.md: ``role_device`` changes one role's device
     and leaves the other on the axis point; a role the algorithm does not have is refused."""

@@ -14,7 +14,8 @@ re-tuned per point.  :func:`run_robustness` returns the JSON-ready report::
     {"fp_sgd": <accuracy>, "results": [{"algorithm", "states", "c2c", "read_noise",
      "accuracy_mean", "accuracy_std"}, ...],          # first network (the MLP)
      "cnn": {"fp_sgd": ..., "results": [...]},         # further networks by name
-     "meta": {...}}                                    # settings, per-seed runs, timings
+     "meta": {...}}                                    # settings, per-seed runs, timings,
+                                                       # "c2c_fall_off": {net: {alg: c2c}}
 
 ``quick=True``: the MLP only, every algorithm at the base point and analog SGD, TTv2 and
 c-TTv2 along the c2c axis (under 5 minutes on 2 cores).  ``base_only=True``: every algorithm at
@@ -38,6 +39,27 @@ AXES = {
 ALGORITHMS = ["analog_sgd", "tt", "ttv2", "cttv2"]
 QUICK_C2C = ("analog_sgd", "ttv2", "cttv2")
 """Algorithms of ``--quick`` along the c2c axis (the claim: analog SGD against the TTv2 family)."""
+
+
+FALL_OFF_DROP = 0.05
+"""An algorithm *falls off* along c2c at the first grid value where its mean accuracy is more
+than this (5 points) below its own accuracy at the lowest c2c of the grid."""
+
+
+def c2c_fall_off(block: dict[str, Any], algorithm: str, drop: float = FALL_OFF_DROP) -> float | None:
+    """The c2c value where ``algorithm`` falls off in one network's ``block`` of the report
+    (``{"results": [...]}``): the first c2c of the grid (at the base states and read noise)
+    whose mean accuracy is more than ``drop`` below the one at the lowest c2c.  None: it does
+    not fall off within the grid, or the block has fewer than two c2c rows for it."""
+    rows = sorted(
+        (r["c2c"], r["accuracy_mean"])
+        for r in block["results"]
+        if r["algorithm"] == algorithm and r["states"] == BASE["states"] and r["read_noise"] == BASE["read_noise"]
+    )
+    if len(rows) < 2:
+        return None
+    ref = rows[0][1]
+    return next((c2c for c2c, acc in rows[1:] if acc < ref - drop), None)
 
 
 def grid_points(axes: dict[str, list[float]]) -> list[dict[str, float]]:
@@ -153,11 +175,20 @@ def run_robustness(
             for r in done if r[0] == net
         ]
         meta["fp_sgd_std"][net] = statistics.stdev(fp) if len(fp) > 1 else 0.0
+        if not base_only:
+            meta.setdefault("c2c_fall_off", {})[net] = {
+                alg: c2c_fall_off(block, alg) for alg in ALGORITHMS
+                if sum(r["algorithm"] == alg for r in rows) > 1
+            }
         if not report:
             report.update(block)
         else:
             report[net] = block
         say(format_table(net, block, meta["fp_sgd_std"][net]))
+        if not base_only:
+            falls = ", ".join(f"{a} {'-' if v is None else f'{v:g}'}" for a, v in meta["c2c_fall_off"][net].items())
+            say(f"c2c fall-off (first c2c more than {100 * FALL_OFF_DROP:g} points below its c2c "
+                f"{AXES['c2c'][0]:g} accuracy; - none in the grid): {falls}")
     meta["seconds"] = time.perf_counter() - t0
     report["meta"] = meta
     return report
