@@ -22,8 +22,9 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
+from hil.drivers.chip.link import ChipLink
 from hil.drivers.chip.protocol import Window
-from hil.drivers.chip.serial_crossbar import SerialCrossbar, SerialCrossbarConfig
+from hil.drivers.chip.serial_crossbar import SerialCrossbar, SerialCrossbarConfig, WindowAllocator
 from hil.safety import SafetyLimits
 
 
@@ -41,10 +42,9 @@ def _limits(value: Any, spec: str) -> SafetyLimits | str:
         raise ValueError(f"serial backend {spec!r}: {path} is not a SafetyLimits JSON file: {exc}") from None
 
 
-def open_serial(
-    rest: str, rows: int | None = None, cols: int | None = None, **kwargs: Any
-) -> SerialCrossbar:
-    """``rest`` is a pyserial URL (after ``serial+`` / ``serial://``), options after ``#``."""
+def _parse(rest: str, kwargs: dict[str, Any]) -> tuple[str, dict[str, str], SafetyLimits | str, bool]:
+    """``(url, options, limits, dry_run)`` of a serial spec's ``rest``; pops ``limits`` and
+    ``dry_run`` from ``kwargs``."""
     url, _, fragment = rest.partition("#")
     if not url:
         raise ValueError("serial backend spec needs a port: serial:///dev/ttyUSB0, serial+socket://host:port, ...")
@@ -58,8 +58,15 @@ def open_serial(
             f"serial backend {rest!r} needs safety limits: add '#limits=LIMITS.json' (a SafetyLimits "
             "file) or '#limits=board' to the spec, or pass limits=SafetyLimits(...)"
         )
-    limits = _limits(limits, rest)
     dry_run = bool(kwargs.pop("dry_run", False)) or opts.get("dry_run", "0") in ("1", "true", "yes")
+    return url, opts, _limits(limits, rest), dry_run
+
+
+def open_serial(
+    rest: str, rows: int | None = None, cols: int | None = None, **kwargs: Any
+) -> SerialCrossbar:
+    """``rest`` is a pyserial URL (after ``serial+`` / ``serial://``), options after ``#``."""
+    url, opts, limits, dry_run = _parse(rest, kwargs)
     config = kwargs.pop("config", None)
     if config is not None and not isinstance(config, SerialCrossbarConfig):
         config = SerialCrossbarConfig.model_validate(config)
@@ -78,3 +85,18 @@ def open_serial(
             raise ValueError("serial backend: give both rows and cols to select a window")
         window = Window(r0, c0, int(rows), int(cols))
     return SerialCrossbar(url, limits, window=window, config=config, dry_run=dry_run, role=role)
+
+
+def open_serial_allocator(rest: str, config: SerialCrossbarConfig | None = None, **kwargs: Any) -> WindowAllocator:
+    """One link to the board of a serial spec and a :class:`WindowAllocator` on it: an array
+    factory ``(rows, cols, role) -> SerialCrossbar`` that packs every array the training
+    controller asks for into non-overlapping windows of the board's one array.  The spec's
+    ``window`` option does not apply (the allocator places the windows)."""
+    url, opts, limits, dry_run = _parse(rest, kwargs)
+    if "window" in opts:
+        raise ValueError(f"serial backend {rest!r}: the training arrays are placed by the allocator; drop '&window='")
+    if kwargs:
+        raise ValueError(f"serial backend: unexpected keyword(s) {sorted(kwargs)}")
+    config = config or SerialCrossbarConfig()
+    link = ChipLink.open(url, limits, config.link, dry_run=dry_run)
+    return WindowAllocator(link, config)

@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "loop": "hil.cli.loop:loop",
     "emulator": "hil.cli.emulator:emulator",
     "robust": "hil.cli.robust:robust",
+    "train": "hil.cli.train:train",
 }
 
 

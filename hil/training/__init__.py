@@ -17,7 +17,7 @@ from hil.training.digits import (
     recommended_config,
     train_digits,
 )
-from hil.training.factory import simulated_factory
+from hil.training.factory import array_factory, simulated_factory
 from hil.training.loop import FitResult, TrainingInterrupted, evaluate, fit
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "TrainingConfig",
     "TrainingController",
     "TrainingInterrupted",
+    "array_factory",
     "digits_device",
     "digits_network",
     "evaluate",

@@ -70,3 +70,43 @@ class simulated_factory:  # noqa: N801 - used like a function
         )
         self.created.append((role, backend))
         return backend
+
+
+def array_factory(
+    spec: str,
+    *,
+    bl: int = 31,
+    seed: int = 0,
+    device: DeviceModel | str | Path | Mapping[str, Any] | None = None,
+    periphery: Any = None,
+    torch_device: str = "cpu",
+) -> Any:
+    """An array factory for a backend spec (:func:`hil.open_backend`'s syntax).
+
+    - ``sim``: :class:`simulated_factory` with ``device`` / ``periphery`` (None: the
+      simulator's defaults); ``sim:PRESET`` or ``sim:DEVICE.json``: that device model.
+    - ``serial...``: one link to the board and a window allocator on it
+      (:func:`hil.drivers.chip.factory.open_serial_allocator`): every array is a window of
+      the board's one array; ``bl`` is the board's UPDATE bit length.
+
+    A bench setup (``bench:``) is one array behind a switch matrix, opened whole, with no
+    allocator for the several arrays (A and C per layer) training needs: ``ValueError``.
+    """
+    from hil.backends import split_spec
+
+    scheme, rest = split_spec(spec)
+    if scheme == "sim":
+        return simulated_factory(rest or device or "rram-softbounds-20", periphery, bl=bl, seed=seed,
+                                 torch_device=torch_device)
+    if scheme == "serial":
+        from hil.drivers.chip.factory import open_serial_allocator
+        from hil.drivers.chip.serial_crossbar import SerialCrossbarConfig
+
+        return open_serial_allocator(rest, SerialCrossbarConfig(bl=bl))
+    if scheme == "bench":
+        raise ValueError(
+            f"backend {spec!r}: a bench setup is one array behind a switch matrix, with no allocator "
+            "for the several arrays training needs (A and C per layer); train on a sim or serial "
+            "backend, and characterize bench devices with 'hil characterize'"
+        )
+    raise ValueError(f"backend {spec!r}: training needs a sim or serial backend, not scheme {scheme!r}")

@@ -1,0 +1,102 @@
+"""``hil train``: the digits network on a backend, checkpoints, --resume, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from hil.cli.main import cli
+from hil.training.report import TrainingReport
+
+FAST = ["--no-progress", "--set", "zero_shift_reads=2", "--set", "zero_shift_cycles=3"]
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, ["train", *args])
+    return result.exit_code, result.output
+
+
+def test_train_on_sim_reproduces_train_digits_and_writes_report(tmp_path: Path) -> None:
+    from hil.training import train_digits
+
+    code, out = run("--epochs", "1", "--no-progress", "--json", str(tmp_path / "r.json"))
+    assert code == 0, out
+    report = TrainingReport.load(tmp_path / "r.json")
+    assert report.finished and report.steps == 135 and report.samples == 1347
+    # --backend sim is the study's base point: the same run as train_digits
+    assert report.test_accuracy == train_digits("ttv2", "mlp", seed=0, epochs=1).test_accuracy
+    assert report.cost["per_sample"]["C"]["pulses_requested"] > 0
+    assert [(a["layer"], a["role"]) for a in report.arrays] == [("0", "A"), ("0", "C"), ("2", "A"), ("2", "C")]
+    assert "test accuracy" in out and "backend calls per training sample" in out
+
+
+def test_stop_and_resume_end_bit_identical_on_sim(tmp_path: Path) -> None:
+    args = ["--algorithm", "cttv2", "--epochs", "1", *FAST]
+    code, out = run(*args, "--json", str(tmp_path / "whole.json"))
+    assert code == 0, out
+    ckpt = str(tmp_path / "run.ckpt")
+    code, out = run(*args, "--checkpoint", ckpt, "--stop-after-steps", "40", "--json", str(tmp_path / "part.json"))
+    assert code == 0 and "stopped at step 40" in out, out
+    part = TrainingReport.load(tmp_path / "part.json")
+    assert not part.finished and part.stopped_by == "stop_after_steps" and part.steps == 40
+    # an existing checkpoint is never overwritten without --resume; other settings are refused
+    code, out = run(*args, "--checkpoint", ckpt)
+    assert code == 2 and "pass --resume" in out
+    code, out = run("--algorithm", "cttv2", "--epochs", "2", *FAST, "--checkpoint", ckpt, "--resume")
+    assert code == 2 and "epochs=1" in out
+    code, out = run(*args, "--checkpoint", ckpt, "--resume", "--json", str(tmp_path / "rest.json"))
+    assert code == 0 and "resumed at step 40" in out, out
+    whole, rest = (json.loads((tmp_path / f).read_text()) for f in ("whole.json", "rest.json"))
+    assert rest["resumed_from_step"] == 40
+    assert rest["test_accuracy"] == whole["test_accuracy"]
+    assert rest["cost"]["total"] == whole["cost"]["total"]
+
+
+def test_train_on_an_emulated_board_resumes_after_a_dropped_connection(tmp_path: Path) -> None:
+    """The board drops the link mid-run: exit 1 naming the last checkpoint; a second
+    invocation with --resume reconnects, reads the arrays back (how far each moved since the
+    checkpoint is reported) and finishes."""
+    from hil.drivers.chip import ChipEmulator, EmulatorConfig, EmulatorTcpServer, FaultConfig
+
+    emu = ChipEmulator(EmulatorConfig(rows=42, cols=128, seed=3, faults=FaultConfig(disconnect_after_frames=400)))
+    ckpt = str(tmp_path / "chip.ckpt")
+    with EmulatorTcpServer(emu) as srv:
+        spec = f"serial+{srv.url}#limits=board"
+        args = ["--backend", spec, "--epochs", "1", *FAST, "--checkpoint", ckpt, "--checkpoint-every", "5"]
+        code, out = run(*args)
+        assert code == 1, out
+        assert "array error" in out and "the last checkpoint" in out and "--resume" in out, out
+        code, out = run(*args, "--resume", "--json", str(tmp_path / "r.json"))
+    assert code == 0, out
+    report = TrainingReport.load(tmp_path / "r.json")
+    assert report.finished and report.resumed_from_step is not None and report.resumed_from_step >= 5
+    assert report.steps == 135 and 0.3 < (report.test_accuracy or 0.0) <= 1.0
+    # every array is read back and compared with its read in the checkpoint: the update of
+    # the step that was cut off may have reached the board (A moves), and reads are noisy
+    drift = {(d["layer"], d["role"]): d for d in report.resume_drift}
+    assert set(drift) == {("0", "A"), ("0", "C"), ("2", "A"), ("2", "C")}
+    assert all(0.0 < d["rms"] <= d["max_abs"] <= 2.5 for d in drift.values()), drift
+    assert "drift since the checkpoint" in out
+    assert all("window" in a for a in report.arrays)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--set", "nonsense=1"], "settings"),
+        (["--set", "lambda_H"], "KEY=VALUE"),
+        (["--set", "h_reset=sometimes"], "settings"),
+        (["--resume"], "--resume needs --checkpoint"),
+        (["--backend", "bench:setup.yaml"], "switch matrix"),
+        (["--backend", "serial+xbarsim://t?rows=42&cols=128"], "safety limits"),
+        (["--backend", "serial+xbarsim://small?rows=8&cols=8#limits=board"], "does not fit"),
+        (["--backend", "tape:x"], "sim or serial"),
+    ],
+)
+def test_bad_input_exits_2_with_a_message(args: list[str], message: str) -> None:
+    code, out = run("--epochs", "1", "--no-progress", *args)
+    assert code == 2, out
+    assert message in out, out
