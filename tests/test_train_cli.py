@@ -100,3 +100,23 @@ def test_bad_input_exits_2_with_a_message(args: list[str], message: str) -> None
     code, out = run("--epochs", "1", "--no-progress", *args)
     assert code == 2, out
     assert message in out, out
+
+
+def test_ctrl_c_during_preparation_leaves_the_board_safe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C outside the step loop (here: in the zero-shifting): exit 130, and every window
+    is closed, so the board got SAFE and is disarmed."""
+    from hil.drivers.chip import get_emulator
+    from hil.training.controller import TrainingController
+
+    armed_then = []
+
+    def interrupted_prepare(self: TrainingController) -> None:
+        armed_then.append(get_emulator("ctrl-c").armed)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(TrainingController, "prepare", interrupted_prepare)
+    code, out = run("--epochs", "1", "--no-progress", "--backend",
+                    "serial+xbarsim://ctrl-c?rows=42&cols=128#limits=board")
+    assert code == 130 and "interrupted at step 0" in out, out
+    assert armed_then == [True]  # armed before the first pulse ...
+    assert get_emulator("ctrl-c").armed is False  # ... and SAFE after the interruption

@@ -197,9 +197,11 @@ def train(
                 last = None
         where = (f"the last checkpoint, {checkpoint}, is at step {last}: fix the cause and continue with --resume"
                  if last is not None else "no checkpoint was written")
-        _close(ctl)
         _fail(f"array error at step {ctl.steps}: {type(exc).__name__}: {exc}; {where}", 1)
-    _close(ctl)
+    except KeyboardInterrupt:  # outside fit's step loop (zero-shifting, the final evaluation)
+        _fail(f"interrupted at step {ctl.steps} outside the training steps; nothing new was saved", 130)
+    finally:
+        _close(ctl)  # every window of a board closed: the board is left SAFE
     out = TrainingReport(**report)
     if out.finished:
         _print_summary(out)
