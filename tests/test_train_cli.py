@@ -33,6 +33,16 @@ def test_train_on_sim_reproduces_train_digits_and_writes_report(tmp_path: Path) 
     assert "test accuracy" in out and "backend calls per training sample" in out
 
 
+def test_train_at_another_point_of_the_study(tmp_path: Path) -> None:
+    from hil.training import train_digits
+
+    code, out = run("--epochs", "1", "--no-progress", "--c2c", "3", "--states", "10",
+                    "--json", str(tmp_path / "r.json"))
+    assert code == 0, out
+    want = train_digits("ttv2", "mlp", seed=0, epochs=1, c2c=3.0, states=10).test_accuracy
+    assert TrainingReport.load(tmp_path / "r.json").test_accuracy == want
+
+
 def test_stop_and_resume_end_bit_identical_on_sim(tmp_path: Path) -> None:
     args = ["--algorithm", "cttv2", "--epochs", "1", *FAST]
     code, out = run(*args, "--json", str(tmp_path / "whole.json"))
@@ -94,6 +104,9 @@ def test_train_on_an_emulated_board_resumes_after_a_dropped_connection(tmp_path:
         (["--backend", "serial+xbarsim://t?rows=42&cols=128"], "safety limits"),
         (["--backend", "serial+xbarsim://small?rows=8&cols=8#limits=board"], "does not fit"),
         (["--backend", "tape:x"], "sim or serial"),
+        (["--states", "1"], "states must be > 1"),
+        (["--read-noise", "-0.1"], "out_noise"),
+        (["--backend", "sim:ideal", "--c2c", "3"], "brings its own device model"),
     ],
 )
 def test_bad_input_exits_2_with_a_message(args: list[str], message: str) -> None:

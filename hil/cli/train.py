@@ -4,8 +4,9 @@ The network (the digits MLP 64-32-10 or the small CNN of docs/training.md), the
 algorithm and its tuned settings (``recommended_config``) are those of the robustness
 study; ``--set KEY=VALUE`` changes any field of ``TrainingConfig``.  Backends:
 
-- ``sim`` (default): the study's base-point device (20-state soft bounds, c2c 1, d2d 0.3,
-  read noise 0.06); ``--backend sim --seed S`` reproduces ``train_digits(alg, net, seed=S)``
+- ``sim`` (default): the study's soft-bounds device, at its base point (20 states, c2c 1,
+  d2d 0.3, read noise 0.06) or at any other point (``--states``, ``--c2c``, ``--read-noise``,
+  ``--d2d``); ``--seed S`` then reproduces ``train_digits(alg, net, seed=S, states=...)``
   exactly.  ``sim:PRESET`` / ``sim:DEVICE.json``: that device model, default periphery.
 - ``serial...``: a test-chip board (spec with ``#limits=...``, as for every serial
   backend); every array the controller needs is a window of the board's one array, and
@@ -75,6 +76,14 @@ def _fail(message: str, code: int) -> None:
               help="also measure the test accuracy after every epoch (more MVMs on the arrays)")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="write the TrainingReport JSON here")
+@click.option("--states", type=float, default=20.0, show_default=True,
+              help="bare 'sim' only: device states of the study's soft-bounds device")
+@click.option("--c2c", type=float, default=1.0, show_default=True,
+              help="bare 'sim' only: cycle-to-cycle noise, std relative to the step")
+@click.option("--read-noise", type=float, default=0.06, show_default=True,
+              help="bare 'sim' only: additive output noise of every MVM (full-scale units)")
+@click.option("--d2d", type=float, default=0.3, show_default=True,
+              help="bare 'sim' only: device-to-device spread of steps and bounds")
 @click.option("--torch-device", default="cpu", show_default=True, help="torch device of simulated arrays")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 def train(
@@ -91,6 +100,10 @@ def train(
     stop_after_steps: int | None,
     eval_every_epoch: bool,
     json_path: Path | None,
+    states: float,
+    c2c: float,
+    read_noise: float,
+    d2d: float,
     torch_device: str,
     no_progress: bool,
 ) -> None:
@@ -137,13 +150,16 @@ def train(
 
     torch.manual_seed(seed)
     model = convert_to_analog(digits_network(network), out_scale=OUT_SCALE[network])  # type: ignore[arg-type]
-    base_point = spec.strip() == "sim"
+    study_device = spec.strip() == "sim"
+    if not study_device and (states, c2c, read_noise, d2d) != (20.0, 1.0, 0.06, 0.3):
+        _fail("--states, --c2c, --read-noise and --d2d set the study's device of a bare 'sim' backend; "
+              f"{spec!r} brings its own device model", 2)
     factory = None
     try:
         factory = array_factory(
             spec, bl=cfg.bl, seed=1000 * seed + 17, torch_device=torch_device,
-            device=digits_device(20, 1.0, 0.3) if base_point else None,
-            periphery=digits_periphery(0.06) if base_point else None,
+            device=digits_device(states, c2c, d2d) if study_device else None,
+            periphery=digits_periphery(read_noise) if study_device else None,
         )
         ctl = TrainingController(model, cfg, factory)
     except (ValueError, ConnectionError, TimeoutError, OSError) as exc:
