@@ -30,7 +30,7 @@ from typing import Any
 
 import click
 
-ALGORITHM_NAMES = ["analog_sgd", "tt", "ttv2", "cttv2"]
+from hil.training.config import ALGORITHMS
 
 
 def _overrides(sets: tuple[str, ...]) -> dict[str, Any]:
@@ -58,7 +58,7 @@ def _fail(message: str, code: int) -> None:
               help="backend spec: sim, sim:PRESET, sim:DEVICE.json, serial+socket://HOST:PORT#limits=L.json, "
                    "serial:///dev/ttyUSB0#limits=L.json, serial+xbarsim://NAME?rows=42&cols=128#limits=board")
 @click.option("--network", type=click.Choice(["mlp", "cnn"]), default="mlp", show_default=True)
-@click.option("--algorithm", type=click.Choice(ALGORITHM_NAMES), default="ttv2", show_default=True)
+@click.option("--algorithm", type=click.Choice(list(ALGORITHMS)), default="ttv2", show_default=True)
 @click.option("--preset", default=None, help="a settings preset of hil.training.digits.PRESETS (e.g. noise)")
 @click.option("--epochs", type=click.IntRange(1, None), default=None, help="epochs (default: the recommended 15)")
 @click.option("--seed", type=int, default=0, show_default=True, help="data order, initial weights, arrays' seeds")
