@@ -63,6 +63,9 @@ def test_stop_and_resume_end_bit_identical_on_sim(tmp_path: Path) -> None:
     assert rest["resumed_from_step"] == 40
     assert rest["test_accuracy"] == whole["test_accuracy"]
     assert rest["cost"]["total"] == whole["cost"]["total"]
+    # c-TTv2 reads C back: its pulse noise, as measured, is reported (and survives the resume)
+    assert rest["c_pulse_noise"] == whole["c_pulse_noise"] and len(whole["c_pulse_noise"]) == 2
+    assert "C's pulse noise read back" in out
 
 
 def test_train_on_an_emulated_board_resumes_after_a_dropped_connection(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ The regression tasks: y = W* x with x in {-1, +1}^7 and W* ~ U(-0.5, 0.5)^{3x7}.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -179,12 +180,22 @@ def test_h_thresholding_fires_expected_pulses_3x3() -> None:
 
 class NoisyPulseCrossbar(NumericCrossbar):
     """A NumericCrossbar whose pulses miss: ``n`` pulses move a device by ``dw * (gain * n +
-    c2c * sqrt(|n|) * xi)``, xi ~ N(0, 1) (seeded); reads stay exact."""
+    c2c * sqrt(|n|) * xi)``, xi ~ N(0, 1) (seeded); a forward MVM adds Gaussian noise of std
+    ``read_noise`` (normalized weight) to each output (0: exact reads)."""
 
-    def __init__(self, rows: int, cols: int, dw: float, gain: float = 1.0, c2c: float = 0.0, seed: int = 0):
+    def __init__(
+        self, rows: int, cols: int, dw: float, gain: float = 1.0, c2c: float = 0.0, seed: int = 0,
+        read_noise: float = 0.0,
+    ):
         super().__init__(rows, cols, dw=dw)
-        self.gain, self.c2c = gain, c2c
+        self.gain, self.c2c, self.read_noise = gain, c2c, read_noise
         self.gen = torch.Generator().manual_seed(seed)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = super()._forward(x)
+        if self.read_noise:
+            y = y + self.read_noise * torch.randn(y.shape, generator=self.gen, dtype=torch.float64).to(y.dtype)
+        return y
 
     def _pulse(self, counts: torch.Tensor) -> None:
         self.pulse_log.append(counts.clone())
@@ -194,7 +205,7 @@ class NoisyPulseCrossbar(NumericCrossbar):
 
 
 def measured_controller(
-    mode: str, c_array: NumericCrossbar, reset_weights: bool = True
+    mode: str, c_array: NumericCrossbar, reset_weights: bool = True, **overrides: Any
 ) -> tuple[TrainingController, dict]:
     arrays: dict[str, NumericCrossbar] = {}
 
@@ -202,11 +213,13 @@ def measured_controller(
         arrays[role] = c_array if role == "C" else NumericCrossbar(rows, cols, dw=0.1)
         return arrays[role]
 
-    cfg = TrainingConfig(
-        algorithm="ttv2", lambda_H=0.5, threshold=1.0, max_pulses=2, h_reset=mode,
-        init_scale=0.0, zero_shift_cycles=2, zero_shift_reads=1, reset_weights=reset_weights,
-    )
-    ctl = TrainingController(AnalogLinear(3, 3, bias=False), cfg, factory)
+    settings: dict[str, Any] = {
+        "algorithm": "ttv2", "lambda_H": 0.5, "threshold": 1.0, "max_pulses": 2, "h_reset": mode,
+        "init_scale": 0.0, "zero_shift_cycles": 2, "zero_shift_reads": 1, "reset_weights": reset_weights,
+    }
+    cfg = TrainingConfig(**{**settings, **overrides})
+    rows, cols = c_array.shape
+    ctl = TrainingController(AnalogLinear(cols, rows, bias=False), cfg, factory)
     ctl.prepare()
     return ctl, arrays
 
@@ -267,6 +280,53 @@ def test_measured_reset_keeps_c_on_its_target_despite_pulse_noise() -> None:
         errors[mode] = sum(per_seed) / len(per_seed)
     assert errors["measured"] < 0.15, errors
     assert errors["decrement"] > 2 * errors["measured"], errors
+
+
+@pytest.mark.parametrize("c2c, read_noise", [(2.0, 0.05), (0.5, 0.05), (0.0, 0.05), (1.0, 0.0)])
+def test_read_backs_measure_c_pulse_noise_without_the_read_noise(c2c: float, read_noise: float) -> None:
+    """C's pulses have c2c noise (std c2c steps per pulse), its reads Gaussian noise of 0.5 or
+    0 steps: the estimate from the read-backs recovers c2c within 15 % (0.15 steps at c2c 0),
+    i.e. the read noise, seen on the unpulsed devices of the same columns, is taken out."""
+    c = NoisyPulseCrossbar(8, 8, dw=0.1, c2c=c2c, seed=3, read_noise=read_noise)
+    c.w_min, c.w_max = -10.0, 10.0  # C chases its own misses (by up to 1 here): no clipping
+    ctl, arrays = measured_controller("measured", c, reset_weights=False)
+    st = ctl.layers[0]
+    g = torch.Generator().manual_seed(5)
+    reach = 0.0
+    for _ in range(200):  # A - R = +u, then -u: C's target goes out by up to 3 steps and back
+        u = (torch.rand(8, 8, generator=g, dtype=torch.float64) - 0.5) * 1.2
+        for sign in (1.0, -1.0):
+            arrays["A"].w = st.R.double() + sign * u
+            ctl.transfer(0, list(range(8)))
+            reach = max(reach, float(c.w.abs().max()))
+    est = ctl.c_pulse_noise()[st.name]
+    assert est == pytest.approx(c2c, rel=0.15, abs=0.15), est
+    assert reach < 10.0  # the hard bounds never clipped a pulse
+
+
+def test_threshold_noise_widens_the_dead_band_to_the_measured_noise() -> None:
+    """threshold_noise 0.8 with a measured pulse noise of 2.5 steps: H fires at 2 steps
+    (max(threshold 1, 0.8 * 2.5)), n = trunc(H / 0.2); with no estimate yet it fires at 1."""
+    c = NoisyPulseCrossbar(3, 3, dw=0.1)
+    ctl, arrays = measured_controller("measured", c, threshold_noise=0.8)
+    st = ctl.layers[0]
+    a_content = torch.tensor([[0.25, -0.05, 0.9], [0.13, 0.35, -0.45], [-0.21, 0.0, 0.19]], dtype=torch.float64)
+    arrays["A"].w = a_content + st.R.double()
+    # no read-back yet: the estimate is 0, threshold 1 applies (as the hand-checked case above)
+    assert ctl.c_pulse_noise()[st.name] == 0.0
+    assert ctl.transfer(0, [0, 1, 2]).tolist() == [[1, 0, 2], [0, 1, -2], [-1, 0, 0]]
+    # sums of 100 single pulses that missed by 2.5 steps (rms) with exact reads
+    st.C_noise = torch.tensor([100 * 0.25**2, 100.0, 100.0, 0.0, 50.0], dtype=torch.float64)
+    assert ctl.c_pulse_noise()[st.name] == pytest.approx(2.5)
+    st.H.zero_()
+    arrays["A"].w = torch.tensor([[0.5, 0.41, -0.39], [0.8, -0.8, 0.0], [1.0, 0.2, -0.79]], dtype=torch.float64) + st.R.double()
+    # H = 0.5 * (A - R); n = trunc(H / 0.2), capped at max_pulses 2
+    assert ctl.transfer(0, [0, 1, 2]).tolist() == [[1, 1, 0], [2, -2, 0], [2, 0, -1]]
+
+
+def test_threshold_noise_needs_the_read_back() -> None:
+    with pytest.raises(ValueError, match="threshold_noise needs h_reset='measured'"):
+        TrainingConfig(algorithm="cttv2", threshold_noise=0.8)
 
 
 def test_granularity_units_follow_each_array_info() -> None:

@@ -39,6 +39,7 @@ def build(algorithm: str, factory: Any = None, h_reset: str = "decrement") -> tu
     cfg = TrainingConfig(
         algorithm=algorithm, epochs=3, batch_size=7, lambda_A=1.0, lambda_H=0.2, n_s=2,
         in_chop_prob=0.3, schedule="cosine", seed=4, h_reset=h_reset,
+        threshold_noise=0.8 if h_reset == "measured" else None,
     )
     # the noisy preset: c2c and d2d noise, default periphery with read noise, so every
     # random generator (arrays, controller) matters for bit-identity
@@ -52,7 +53,7 @@ def snapshot(model: nn.Module, ctl: TrainingController) -> dict[str, torch.Tenso
         out[f"{name}.{role}.w"] = backend.true_weights()
         out[f"{name}.{role}.gen"] = backend.generator.get_state()
     for st in ctl.layers:
-        for key in ("H", "R", "chop", "C_read"):
+        for key in ("H", "R", "chop", "C_read", "C_noise"):
             value = getattr(st, key)
             if value is not None:
                 out[f"{st.name}.{key}"] = value.clone()

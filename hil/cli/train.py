@@ -196,11 +196,13 @@ def train(
         )
         report.update(finished=True, steps=res.steps, samples=res.samples, seconds=res.seconds,
                       test_accuracy=res.test_accuracy, history=res.history, cost=res.cost,
+                      c_pulse_noise=res.c_pulse_noise,
                       resumed_from_step=res.resumed_from_step, resume_drift=res.resume_drift)
     except TrainingInterrupted as stop:
         code = 0 if stop.signal_name == "stop_after_steps" else 130
         report.update(stopped_by=stop.signal_name, steps=ctl.steps, samples=ctl.samples,
-                      cost=ctl.hardware_cost(), resume_drift=list(ctl.resume_drift))
+                      cost=ctl.hardware_cost(), c_pulse_noise=ctl.c_pulse_noise(),
+                      resume_drift=list(ctl.resume_drift))
         where = f"checkpoint {checkpoint}; continue with the same options and --resume" if checkpoint else \
             "no --checkpoint was given, nothing saved"
         click.echo(f"hil train: stopped at step {ctl.steps} ({stop.signal_name}); {where}", err=True)
@@ -248,3 +250,6 @@ def _print_summary(r: Any) -> None:
         for role, ops in per.items():
             shown = ", ".join(f"{k} {v:.3g}" for k, v in ops.items() if v)
             click.echo(f"  {role}: {shown}")
+    if r.c_pulse_noise:
+        shown = ", ".join(f"{layer} {s:.2f}" for layer, s in r.c_pulse_noise.items())
+        click.echo(f"C's pulse noise read back, std of one pulse in dw_min: {shown}")

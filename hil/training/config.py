@@ -95,6 +95,15 @@ class TrainingConfig(HilModel):
         "that fired; each pulsed device's H drops by what it moved since its last read, so "
         "C's cycle-to-cycle noise is corrected by later pulses instead of adding up)",
     )
+    threshold_noise: float | None = Field(
+        None,
+        gt=0,
+        description="ttv2/cttv2 with h_reset 'measured': the dead band follows C's measured "
+        "pulse noise, threshold_eff = max(threshold, threshold_noise * s) [dimensionless], s "
+        "the std of one pulse's change of C in units of C's dw_min, estimated per layer from "
+        "the read-backs (their spread on the pulsed devices less that on the unpulsed ones); "
+        "None: threshold alone",
+    )
     gamma: float = Field(
         0.0,
         ge=0,
@@ -174,6 +183,11 @@ class TrainingConfig(HilModel):
     def _consistent(self) -> TrainingConfig:
         if self.algorithm == "analog_sgd" and self.gamma != 0.0:
             raise ValueError("gamma applies to the Tiki-Taka family; analog_sgd has one array")
+        if self.threshold_noise is not None and self.h_reset != "measured":
+            raise ValueError(
+                "threshold_noise needs h_reset='measured': C's pulse noise is estimated from "
+                "the read-backs of C"
+            )
         if self.algorithm == "analog_sgd" and self.lambda_A_unit != "weight":
             raise ValueError(
                 "lambda_A_unit applies to the Tiki-Taka family; analog_sgd's rate is lr "

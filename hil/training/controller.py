@@ -34,7 +34,11 @@ Per layer and algorithm (``x``: inputs ``[n, cols]``, ``d``: output errors ``[n,
   ``+-threshold * dw_min`` (``"clip"``), or reduced by the change of C read back after
   the pulses (``"measured"``: the pulsed columns of C are read with one-hot inputs, and
   each pulsed device's H drops by what its conductance moved since its last read, so a
-  pulse that over- or undershoots is corrected by the next ones).  A is never reset.  The network uses
+  pulse that over- or undershoots is corrected by the next ones).  Under ``"measured"``
+  the read-backs also measure C's pulse noise (:meth:`TrainingController.c_pulse_noise`),
+  and with ``threshold_noise`` the threshold widens to ``max(threshold, threshold_noise *
+  s)`` steps, ``s`` that noise: a dead band that keeps the corrections from chasing the
+  misses of their own pulses.  A is never reset.  The network uses
   ``gamma * A + C`` (``gamma = 0``: only C).
 - ``cttv2``: ``ttv2`` with a sign ``c_j = +-1`` per input line: A is updated
   with ``x * c`` and the read of column ``k`` enters H as ``c_k * z``; after
@@ -77,7 +81,21 @@ ArrayFactory = Callable[[int, int, str], CrossbarBackend]
 
 COST_FIELDS = tuple(OperationCounts().as_dict())
 STATE_FORMAT = "hil.training.TrainingController"
-STATE_VERSION = "1.1"
+STATE_VERSION = "1.2"
+NOISE_SUMS = ("miss_sq", "pulses", "pulsed", "still_sq", "still")
+"""Fields of ``LayerState.C_noise``, the forgetful sums behind C's pulse-noise estimate."""
+NOISE_MEMORY = 0.995
+"""Factor applied to the ``C_noise`` sums before each read-back's (memory ~200 read-backs)."""
+
+
+def pulse_noise_steps(sums: torch.Tensor, dw: float) -> torch.Tensor:
+    """Std of one pulse's change of C in units of ``dw`` (0-d tensor; 0 before any data),
+    from the ``C_noise`` sums: ``(miss_sq - pulsed * still_sq / still) / pulses``, the
+    squared misses of the pulsed devices less the read noise seen on the unpulsed ones."""
+    miss_sq, pulses, pulsed, still_sq, still = sums.unbind()
+    read_var = torch.where(still > 0, still_sq / still.clamp(min=1e-12), 0.0)
+    var = (miss_sq - pulsed * read_var).clamp(min=0.0) / pulses.clamp(min=1e-12)
+    return var.sqrt() / dw
 
 
 def schedule_factor(config: TrainingConfig, progress: float) -> float:
@@ -120,6 +138,7 @@ class LayerState:
     max_n: int | None = None
     chop_prob: float = 0.0
     C_read: torch.Tensor | None = None
+    C_noise: torch.Tensor | None = None
     eye: torch.Tensor | None = field(default=None, repr=False)
 
     @property
@@ -246,6 +265,7 @@ class TrainingController:
                 self._pulse(w, counts.to(w.device))
             if cfg.uses_transfer and cfg.h_reset == "measured":
                 st.C_read = self._read_columns(w, list(range(st.module.cols)))
+                st.C_noise = torch.zeros(len(NOISE_SUMS), dtype=torch.float64, device=w.device)
         after = self._snapshot()
         self._prep_cost = self._add(self._prep_cost, self._diff(after, before))
         self._cost_base = after
@@ -298,6 +318,18 @@ class TrainingController:
         if not self.config.uses_transfer:
             raise ValueError("transfer: analog_sgd has no A array")
         return self._transfer(st, [int(k) for k in columns])
+
+    def c_pulse_noise(self) -> dict[str, float]:
+        """C's cycle-to-cycle pulse noise as the read-backs measured it (``h_reset="measured"``):
+        per layer, the std of one pulse's change of C in units of C's ``dw_min``, over about
+        the last 200 read-backs (0 before any).  It includes what the nominal step does not
+        predict: the device's state dependence and its device-to-device spread, not the read
+        noise.  Empty for other ``h_reset`` modes."""
+        return {
+            st.name: float(pulse_noise_steps(st.C_noise, st.dw_C))
+            for st in self.layers
+            if st.C_noise is not None
+        }
 
     def hardware_cost(self) -> dict[str, Any]:
         """Backend calls during training (after :meth:`prepare`), total and per training sample.
@@ -352,6 +384,7 @@ class TrainingController:
                     "R": None if st.R is None else st.R.cpu().clone(),
                     "chop": None if st.chop is None else st.chop.cpu().clone(),
                     "C_read": None if st.C_read is None else st.C_read.cpu().clone(),
+                    "C_noise": None if st.C_noise is None else st.C_noise.cpu().clone(),
                     "column": st.column,
                     "pending_samples": st.pending_samples,
                     "transfers": st.transfers,
@@ -415,6 +448,8 @@ class TrainingController:
             st.chop = None if ls["chop"] is None else ls["chop"].to(dev)
             c_read = ls.get("C_read")  # absent before schema 1.1
             st.C_read = None if c_read is None else c_read.to(dev)
+            c_noise = ls.get("C_noise")  # absent before schema 1.2
+            st.C_noise = None if c_noise is None else c_noise.to(dev)
             st.column = int(ls["column"])
             st.pending_samples = int(ls["pending_samples"])
             st.transfers = int(ls["transfers"])
@@ -536,8 +571,40 @@ class TrainingController:
         mask = hit[:, pulsed]  # [rows, len(idx)]
         new = self._read_columns(st.arrays["C"], idx)
         old = st.C_read[:, at]
-        st.H[:, at] -= torch.where(mask, new - old, 0.0)
+        moved = new - old
+        st.H[:, at] -= torch.where(mask, moved, 0.0)
         st.C_read[:, at] = torch.where(mask, new, old)
+        self._observe_pulse_noise(st, moved, fired[:, pulsed], mask)
+
+    def _observe_pulse_noise(
+        self, st: LayerState, moved: torch.Tensor, fired: torch.Tensor, mask: torch.Tensor
+    ) -> None:
+        """Accumulate (with forgetting) the read-back statistics of C's pulse noise:
+        on the pulsed devices the squared miss ``(moved - n dw_C)^2`` and ``|n|``, on the
+        unpulsed devices of the same columns the squared change (two reads' noise)."""
+        if st.C_noise is None:
+            st.C_noise = torch.zeros(len(NOISE_SUMS), dtype=torch.float64, device=moved.device)
+        miss = (moved - fired * st.dw_C).double()
+        still = (~mask).double()
+        obs = torch.stack(
+            [
+                (miss.square() * mask).sum(),
+                fired.abs().sum().double(),
+                mask.sum().double(),
+                (moved.double().square() * still).sum(),
+                still.sum(),
+            ]
+        )
+        st.C_noise.mul_(NOISE_MEMORY).add_(obs)
+
+    def _threshold(self, st: LayerState) -> float | torch.Tensor:
+        """The firing threshold of H in normalized weight: ``threshold * dw_C``, or with
+        ``threshold_noise`` ``max(threshold, threshold_noise * s) * dw_C`` (a 0-d tensor)."""
+        cfg = self.config
+        if cfg.threshold_noise is None or st.C_noise is None:
+            return cfg.threshold * st.dw_C
+        s = pulse_noise_steps(st.C_noise, st.dw_C)
+        return torch.clamp(cfg.threshold_noise * s, min=cfg.threshold).float() * st.dw_C
 
     def _transfer_columns(self, st: LayerState, m: int) -> None:
         """Transfer the next ``m`` columns (cyclic), in groups without repeated columns."""
@@ -576,7 +643,7 @@ class TrainingController:
         else:
             if cfg.chopped:
                 z = z * chop
-            thr = cfg.threshold * st.dw_C
+            thr = self._threshold(st)
             h = h_old + (cfg.lambda_H * self._rate) * z
             n = torch.trunc(h / thr)
             if st.max_n is not None:

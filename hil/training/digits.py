@@ -43,8 +43,11 @@ _TTV2_COMMON: dict[str, Any] = {
     "final_lr_fraction": 0.0,
 }
 # c-TTv2 also reads C back after its pulses (h_reset "measured"): C's own cycle-to-cycle
-# noise is then corrected by later pulses (docs/training.md, "Reading C back").
-_CHOPPER: dict[str, Any] = {"in_chop_prob": 0.1, "in_chop_states": 20.0, "h_reset": "measured"}
+# noise is then corrected by later pulses, with a dead band as wide as 0.8 of the pulse
+# noise the read-backs measure (docs/training.md, "Reading C back" and "The dead band").
+_CHOPPER: dict[str, Any] = {
+    "in_chop_prob": 0.1, "in_chop_states": 20.0, "h_reset": "measured", "threshold_noise": 0.8,
+}
 
 # Tuned on the base point (20 states, c2c 1.0, read noise 0.06, d2d 0.3) with the
 # search in docs/training.md; the same settings are used on every point of the grid.

@@ -54,6 +54,8 @@ class FitResult:
     resumed_from_step: int | None = None
     resume_drift: list[dict[str, Any]] = field(default_factory=list)
     cost: dict[str, Any] = field(default_factory=dict)
+    c_pulse_noise: dict[str, float] = field(default_factory=dict)
+    """Per layer, C's pulse noise measured by the read-backs (h_reset measured), in dw_min."""
 
 
 def batch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -204,4 +206,5 @@ def fit(
     result.steps = controller.steps
     result.seconds = time.perf_counter() - t0
     result.cost = controller.hardware_cost()
+    result.c_pulse_noise = controller.c_pulse_noise()
     return result

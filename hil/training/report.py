@@ -16,7 +16,7 @@ class TrainingReport(VersionedFile):
     training loop of this invocation (a resumed run counts only its own part).
     """
 
-    SCHEMA_VERSION = "1.0"
+    SCHEMA_VERSION = "1.1"
     kind: Literal["training_run"] = "training_run"
     backend: str = Field(description="the backend spec trained on")
     arrays: list[dict[str, Any]] = Field(
@@ -38,3 +38,9 @@ class TrainingReport(VersionedFile):
     test_accuracy: float | None = Field(None, description="after the last epoch, through the arrays (finished runs)")
     history: list[dict[str, float]] = Field(default_factory=list, description="per epoch: train_loss, test_accuracy")
     cost: dict[str, Any] = Field(default_factory=dict, description="TrainingController.hardware_cost()")
+    c_pulse_noise: dict[str, float] = Field(
+        default_factory=dict,
+        description="per layer: C's cycle-to-cycle pulse noise measured by the read-backs "
+        "(h_reset measured), std of one pulse in units of C's dw_min; "
+        "TrainingController.c_pulse_noise() (added in schema 1.1)",
+    )
