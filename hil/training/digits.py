@@ -44,7 +44,8 @@ _TTV2_COMMON: dict[str, Any] = {
 }
 # c-TTv2 also reads C back after its pulses (h_reset "measured"): C's own cycle-to-cycle
 # noise is then corrected by later pulses, with a dead band as wide as 0.8 of the pulse
-# noise the read-backs measure (docs/training.md, "Reading C back" and "The dead band").
+# noise the read-backs measure (docs/training.md, "Reading C back" and "A dead band that
+# follows the measured noise").
 _CHOPPER: dict[str, Any] = {
     "in_chop_prob": 0.1, "in_chop_states": 20.0, "h_reset": "measured", "threshold_noise": 0.8,
 }
@@ -74,9 +75,10 @@ RECOMMENDED: dict[str, dict[str, dict[str, Any]]] = {
 
 # Named alternatives to RECOMMENDED, applied on top of it (algorithms without an entry keep
 # the recommended settings).  "noise": tuned on the validation split at c2c 3 instead of 1.
-# TTv2: a slower transfer averages more of A's noise.  c-TTv2, which reads C back: a wider
-# dead band (threshold), so that the read-back does not chase the misses of its own
-# correction pulses (docs/training.md, "Reading C back").
+# TTv2: a slower transfer averages more of A's noise.  c-TTv2, which reads C back: a floor
+# under its dead band (threshold; the band still widens with the measured noise), so that
+# the read-back does not chase the misses of its own correction pulses (docs/training.md,
+# "Reading C back").
 PRESETS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
     "noise": {
         "mlp": {"ttv2": {"lambda_H": 0.05}, "cttv2": {"threshold": 2.0}},
