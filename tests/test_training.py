@@ -555,6 +555,11 @@ def test_recommended_settings_cover_every_network_and_algorithm() -> None:
     with pytest.raises(ValueError, match="unknown preset"):
         run_robustness(networks=["mlp"], seeds=1, epochs=1, jobs=1, log=None, preset="quiet")
     assert plan(False, ["cnn"], base_only=True) == [("cnn", a, BASE) for a in ALGORITHMS]
+    # c-TTv2's measured dead band goes with its read-back: h_reset=decrement drops it
+    assert recommended_config("cttv2", "mlp").threshold_noise == 0.8
+    assert recommended_config("cttv2", "mlp", h_reset="decrement").threshold_noise is None
+    with pytest.raises(ValueError, match="threshold_noise needs h_reset='measured'"):
+        recommended_config("cttv2", "mlp", h_reset="decrement", threshold_noise=0.8)
 
 
 def test_robustness_report_format_base_point(monkeypatch: pytest.MonkeyPatch) -> None:

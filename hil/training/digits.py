@@ -137,7 +137,10 @@ def recommended_config(
     algorithm: str, network: Network = "mlp", preset: str | None = None, **overrides: Any
 ) -> TrainingConfig:
     """:class:`TrainingConfig` with the tuned settings of ``RECOMMENDED``, then those of
-    ``PRESETS[preset]`` for this network and algorithm (if any), then ``overrides``."""
+    ``PRESETS[preset]`` for this network and algorithm (if any), then ``overrides``.
+
+    ``threshold_noise`` belongs to the read-back of C: an override of ``h_reset`` to another
+    mode (without its own ``threshold_noise``) drops the tuned one."""
     try:
         tuned = dict(RECOMMENDED[network][algorithm])
     except KeyError:
@@ -147,6 +150,8 @@ def recommended_config(
             raise ValueError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
         tuned.update(PRESETS[preset].get(network, {}).get(algorithm, {}))
     tuned.update(overrides)
+    if tuned.get("h_reset", "decrement") != "measured" and "threshold_noise" not in overrides:
+        tuned.pop("threshold_noise", None)
     return TrainingConfig(algorithm=algorithm, **tuned)
 
 
