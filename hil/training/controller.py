@@ -118,7 +118,8 @@ class LayerState:
     ``[rows, cols]`` the reference of A (its symmetry point, from reads), ``chop``
     ``[cols]`` the chopper signs (+-1), ``column`` the next column to read,
     ``pending_samples`` the samples since the last transfer, ``C_read`` ``[rows, cols]``
-    the last read of C per device (``h_reset="measured"`` only).  From the arrays'
+    the last read of C per device and ``C_noise`` the sums behind C's pulse-noise estimate
+    (``NOISE_SUMS``; both ``h_reset="measured"`` only).  From the arrays'
     ``info`` (fixed at construction): ``dw_C`` C's nominal step, ``rate_A`` the rate of
     ``A.update`` (normalized weight per unit gradient), ``max_n`` the pulse cap per
     device and transfer (None: none), ``chop_prob`` the chopper's flip probability per read.
