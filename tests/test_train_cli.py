@@ -136,3 +136,26 @@ def test_ctrl_c_during_preparation_leaves_the_board_safe(monkeypatch: pytest.Mon
     assert code == 130 and "interrupted at step 0" in out, out
     assert armed_then == [True]  # armed before the first pulse ...
     assert get_emulator("ctrl-c").armed is False  # ... and SAFE after the interruption
+
+
+@pytest.mark.parametrize("c2c", [0.5, 2.0])
+def test_c_ttv2_reads_back_the_pulse_noise_of_an_emulated_board(tmp_path: Path, c2c: float) -> None:
+    """A board whose devices have a constant step of 0.1 (20 states) and c2c noise of 0.5 or
+    2 steps, behind the serial protocol with its default read noise: c-TTv2's read-backs
+    measure C's pulse noise within 15 % in every layer (pulses that would cross a hard
+    bound, where about a fifth of C sits by the end, are left out of the estimate)."""
+    from hil.device_model import ConstantStep, DeviceModel, DeviceVariation
+    from hil.drivers.chip import ChipEmulator, EmulatorConfig, EmulatorTcpServer
+
+    device = DeviceModel(
+        name="constant-20-states", description="constant step, c2c noise", source="test",
+        step=ConstantStep(dw_up=0.1, dw_down=0.1), variation=DeviceVariation(c2c=c2c),
+    )
+    emu = ChipEmulator(EmulatorConfig(rows=42, cols=128, seed=5, device=device))
+    with EmulatorTcpServer(emu) as srv:
+        code, out = run("--algorithm", "cttv2", "--backend", f"serial+{srv.url}#limits=board",
+                        "--epochs", "1", *FAST, "--json", str(tmp_path / "r.json"))
+    assert code == 0, out
+    noise = TrainingReport.load(tmp_path / "r.json").c_pulse_noise
+    assert set(noise) == {"0", "2"}
+    assert all(v == pytest.approx(c2c, rel=0.15) for v in noise.values()), noise

@@ -119,10 +119,11 @@ class LayerState:
     ``[cols]`` the chopper signs (+-1), ``column`` the next column to read,
     ``pending_samples`` the samples since the last transfer, ``C_read`` ``[rows, cols]``
     the last read of C per device and ``C_noise`` the sums behind C's pulse-noise estimate
-    (``NOISE_SUMS``; both ``h_reset="measured"`` only).  From the arrays'
-    ``info`` (fixed at construction): ``dw_C`` C's nominal step, ``rate_A`` the rate of
-    ``A.update`` (normalized weight per unit gradient), ``max_n`` the pulse cap per
-    device and transfer (None: none), ``chop_prob`` the chopper's flip probability per read.
+    (``NOISE_SUMS``; both ``h_reset="measured"`` only).  From the arrays' ``info`` (fixed
+    at construction): ``dw_C`` C's nominal step and ``w_range_C`` its range, ``rate_A``
+    the rate of ``A.update`` (normalized weight per unit gradient), ``max_n`` the pulse cap
+    per device and transfer (None: none), ``chop_prob`` the chopper's flip probability per
+    read.
     """
 
     name: str
@@ -140,6 +141,7 @@ class LayerState:
     chop_prob: float = 0.0
     C_read: torch.Tensor | None = None
     C_noise: torch.Tensor | None = None
+    w_range_C: tuple[float, float] = (-1.0, 1.0)
     eye: torch.Tensor | None = field(default=None, repr=False)
 
     @property
@@ -205,6 +207,7 @@ class TrainingController:
                 st.R = torch.zeros(layer.rows, layer.cols, device=dev)
                 st.chop = torch.ones(layer.cols, device=dev)
                 st.dw_C = float(c.info.dw_min)
+                st.w_range_C = (float(c.info.w_min), float(c.info.w_max))
                 self._granularity(st, a.info, c.info)
                 st.eye = torch.eye(layer.cols, device=dev)
                 tiles = [(c, 1.0)] + ([(a, config.gamma)] if config.gamma != 0.0 else [])
@@ -575,18 +578,26 @@ class TrainingController:
         moved = new - old
         st.H[:, at] -= torch.where(mask, moved, 0.0)
         st.C_read[:, at] = torch.where(mask, new, old)
-        self._observe_pulse_noise(st, moved, fired[:, pulsed], mask)
+        self._observe_pulse_noise(st, old, moved, fired[:, pulsed], mask)
 
     def _observe_pulse_noise(
-        self, st: LayerState, moved: torch.Tensor, fired: torch.Tensor, mask: torch.Tensor
+        self, st: LayerState, old: torch.Tensor, moved: torch.Tensor, fired: torch.Tensor, mask: torch.Tensor
     ) -> None:
         """Accumulate (with forgetting) the read-back statistics of C's pulse noise:
         on the pulsed devices the squared miss ``(moved - n dw_C)^2`` and ``|n|``, on the
-        unpulsed devices of the same columns the squared change (two reads' noise)."""
+        unpulsed devices of the same columns the squared change (two reads' noise).  A device
+        whose nominal target ``old + n dw_C`` lies outside C's range is left out: a pulse
+        lost at a bound is not noise."""
         if st.C_noise is None:
             st.C_noise = torch.zeros(len(NOISE_SUMS), dtype=torch.float64, device=moved.device)
-        miss = (moved - fired * st.dw_C).double()
+        step = fired * st.dw_C
+        target = old + step
+        lo, hi = st.w_range_C
+        counted = mask & (target >= lo) & (target <= hi)
+        miss = (moved - step).double()
         still = (~mask).double()
+        fired = torch.where(counted, fired, 0)
+        mask = counted
         obs = torch.stack(
             [
                 (miss.square() * mask).sum(),
