@@ -593,16 +593,13 @@ class TrainingController:
         step = fired * st.dw_C
         target = old + step
         lo, hi = st.w_range_C
-        counted = mask & (target >= lo) & (target <= hi)
-        miss = (moved - step).double()
+        counted = (mask & (target >= lo) & (target <= hi)).double()
         still = (~mask).double()
-        fired = torch.where(counted, fired, 0)
-        mask = counted
         obs = torch.stack(
             [
-                (miss.square() * mask).sum(),
-                fired.abs().sum().double(),
-                mask.sum().double(),
+                ((moved - step).double().square() * counted).sum(),
+                (fired.abs().double() * counted).sum(),
+                counted.sum(),
                 (moved.double().square() * still).sum(),
                 still.sum(),
             ]
