@@ -15,7 +15,8 @@ in_chop_prob 0, its gradient update with BL 5) on the same network, data, batch 
 and device parameters in a subprocess of that interpreter, alternating with our runs,
 and prints the ratio (ours / aihwkit) of the median samples per second.
 
-Threads are pinned to 1 on both sides (``torch.set_num_threads(1)``), and said so.
+Threads are pinned to 1 on both sides (``torch.set_num_threads(1)``; ``--threads N``: N on
+both sides), and said so.
 
 ``--profile``: instead of timing, run our training once per workload under cProfile and
 print where the time goes (inclusive time of the main parts of a training step, in % of
@@ -369,6 +370,12 @@ def main(argv: list[str] | None = None) -> dict:
         default=10,
         help="mini-batch size on every side (the issue's workloads use 10)",
     )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads, pinned to the same number on every side (default 1)",
+    )
     p.add_argument("--devices", default="auto", help="cpu, cuda, or auto (cpu + cuda if present)")
     p.add_argument("--json", default=None, help="write the figures here")
     p.add_argument(
@@ -401,6 +408,10 @@ def main(argv: list[str] | None = None) -> dict:
         p.error(f"--batch must be a positive number of samples, got {args.batch}")
     if args.ours_bl is not None and args.ours_bl < 1:
         p.error(f"--ours-bl must be a positive number of pulse slots, got {args.ours_bl}")
+    if args.threads < 1:
+        p.error(f"--threads must be a positive number of threads, got {args.threads}")
+    global THREADS
+    THREADS = args.threads
     torch.set_num_threads(THREADS)
     if args.profile:
         rows = [

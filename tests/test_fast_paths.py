@@ -266,3 +266,13 @@ def test_train_throughput_benchmark_smoke(tmp_path) -> None:
         mod.main(["--workloads", "digits-mlp", "--batch", "0"])
     with pytest.raises(SystemExit):
         mod.main(["--workloads", "digits-mlp", "--ours-bl", "0"])
+    with pytest.raises(SystemExit):
+        mod.main(["--workloads", "digits-mlp", "--threads", "0"])
+    # --threads pins the same number on every side and is recorded
+    before = torch.get_num_threads()
+    try:
+        two = mod.main(["--workloads", "digits-mlp", "--samples", "20", "--repeats", "1",
+                        "--devices", "cpu", "--threads", "2"])
+        assert two["threads"] == 2 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
